@@ -1,0 +1,128 @@
+"""Pure record shaping and batching: what each service accepts, with no I/O anywhere here."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """What one put call of a service accepts. Kinesis and Firehose differ only in these."""
+
+    service: str
+    max_records: int
+    max_call_bytes: int
+    #: Largest record, counting the partition key (Kinesis) or the trailing newline (Firehose).
+    max_record_bytes: int
+    uses_partition_key: bool
+    #: Appended to every record: Firehose concatenates records in S3, so each ends a line.
+    record_suffix: bytes
+
+
+#: PutRecords: 500 records, 5 MiB per call, 1 MiB per record counting its partition key.
+KINESIS_LIMITS: Final = ServiceLimits("kinesis", 500, 5 * 1024 * 1024, 1024 * 1024, True, b"")
+#: PutRecordBatch: 500 records, 4 MiB per call, 1,000 KiB per record counting the newline.
+FIREHOSE_LIMITS: Final = ServiceLimits("firehose", 500, 4 * 1024 * 1024, 1000 * 1024, False, b"\n")
+
+
+@dataclass(slots=True)
+class Entry:
+    """A record ready to send: its spool sequence number, payload and partition key."""
+
+    seq: int
+    data: bytes
+    partition_key: str = ""
+
+    def size(self) -> int:
+        # Kinesis counts the partition key's UTF-8 bytes against the record and the call.
+        return len(self.data) + len(self.partition_key.encode())
+
+
+class Unshippable(ValueError):
+    """A spooled line that can never be sent; `reason` is a drop reason of the counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+_RESULT_PREFIX: Final = b'{"log_type":"result",'
+
+
+def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
+    """The record for one osquery result line: the line with ``"log_type": "result"`` added.
+
+    The line's own bytes are kept, so every value keeps the JSON type osquery wrote (osquery's
+    own AWS loggers re-serialise through a tree that turns numbers into strings). Returns the
+    record and the parsed line (for its host identifier and query name).
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unshippable("invalid_utf8", f"byte {exc.start}") from None
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise Unshippable("not_json", f"{type(exc).__name__} at char {getattr(exc, 'pos', '?')}") from None
+    if not isinstance(parsed, dict):
+        raise Unshippable("not_json", f"a JSON {type(parsed).__name__}, not an object")
+    if "log_type" in parsed:
+        parsed["log_type"] = "result"
+        return json.dumps(parsed, separators=(",", ":")).encode(), parsed
+    body = line.strip()
+    if not parsed:
+        return b'{"log_type":"result"}', parsed
+    return _RESULT_PREFIX + body[1:], parsed
+
+
+def status_record(entry: dict[str, object], version: str) -> bytes:
+    """The record for one entry of osqueryd's status log array, with osquery's AWS field names.
+
+    osqueryd serialises each entry with short keys (serializeIntermediateLog); osquery's AWS
+    loggers send these long names, which consumers of those loggers already parse.
+    """
+    record = {
+        "hostIdentifier": entry.get("h", ""),
+        "calendarTime": entry.get("c", ""),
+        "unixTime": entry.get("u", 0),
+        "severity": entry.get("s", 0),
+        "filename": entry.get("f", ""),
+        "line": entry.get("i", 0),
+        "message": entry.get("m", ""),
+        "version": version,
+        "log_type": "status",
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def partition_key(host_identifier: str, *, random_key: bool) -> str:
+    """The Kinesis partition key: the host identifier, or a random one per record."""
+    if random_key or not host_identifier:
+        return f"{random.getrandbits(128):032x}"
+    # Kinesis allows 1-256 Unicode characters.
+    return host_identifier[:256]
+
+
+def oversize(entry: Entry, limits: ServiceLimits) -> bool:
+    """Whether the service would refuse this record for its size, whatever else is in the call."""
+    return entry.size() > limits.max_record_bytes
+
+
+def batch_length(entries: Sequence[Entry], limits: ServiceLimits) -> int:
+    """How many entries from the front fit in one put call (every entry must not be oversize)."""
+    total = 0
+    count = 0
+    for entry in entries:
+        if count == limits.max_records:
+            break
+        size = entry.size()
+        if total + size > limits.max_call_bytes:
+            break
+        total += size
+        count += 1
+    return count

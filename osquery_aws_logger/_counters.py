@@ -1,0 +1,60 @@
+"""Per-plugin counters: what went in, what was delivered, retried, throttled and dropped (by reason)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+#: Every reason a record can be dropped; each drop is counted under exactly one of them.
+DROP_REASONS: Final = (
+    "not_json",  # a result line that does not parse as a JSON object
+    "invalid_utf8",  # a line whose bytes are not UTF-8
+    "oversize",  # larger than the service's record limit
+    "cap_records",  # the spool held buffered_log_max records; the oldest went
+    "cap_bytes",  # the spool held aws_logger_spool_max_bytes; the oldest went
+    "spool_error",  # the spool could not be written (disk full, permissions)
+    "corrupt",  # a spooled record failed its checksum when read back
+)
+
+
+@dataclass
+class PluginCounters:
+    """Counters of one logger plugin. Integers only grow; `state` says how shipping goes now."""
+
+    accepted: int = 0
+    delivered: int = 0
+    retried: int = 0
+    throttled: int = 0
+    put_calls: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    state: str = "ok"
+    last_success: float = 0.0
+    last_error: str = ""
+    last_error_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        # Drops are counted from both the thrift thread (spool caps) and the flusher.
+        with self._lock:
+            self.dropped[reason] += count
+
+    def record_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            dropped = dict(self.dropped)
+        return {
+            "accepted": self.accepted,
+            "delivered": self.delivered,
+            "retried": self.retried,
+            "throttled": self.throttled,
+            "put_calls": self.put_calls,
+            "dropped": dropped,
+            "state": self.state,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+        }

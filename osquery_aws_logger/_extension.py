@@ -1,0 +1,475 @@
+"""The osquery extension: registration, the logger call surface, the Thrift server and lifecycle.
+
+osquery-python's start_extension exits on any flag it does not know and ends the process with
+os._exit (no cleanup) from its watcher and shutdown; this module uses its generated Thrift
+types and clients but runs its own server loop and lifecycle, so a stop always flushes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from osquery.extensions import Extension, ExtensionManager
+from osquery.extensions.ttypes import (
+    ExtensionResponse,
+    ExtensionStatus,
+    InternalExtensionInfo,
+)
+from thrift.protocol import TBinaryProtocol
+from thrift.transport import TSocket, TTransport
+
+from . import __version__
+from ._batching import status_record
+from ._counters import PluginCounters
+from ._errors import RegistrationError, SettingsError
+from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
+from ._settings import Settings, parse_settings
+from ._spool import KIND_RESULT, KIND_STATUS, Spool
+
+log = logging.getLogger("osquery_aws_logger")
+
+EXTENSION_NAME: Final = "aws_logger"
+SDK_VERSION: Final = "5.23.0"
+MIN_SDK_VERSION: Final = "1.8.0"
+#: The names osquery's own AWS loggers have; stock builds compile them in.
+BASE_PLUGIN_NAMES: Final = {"kinesis": "aws_kinesis", "firehose": "aws_firehose"}
+#: Suffix used when osqueryd already has plugins of the base names.
+CLASH_SUFFIX: Final = "_ext"
+CONFLICT_TEXT: Final = "conflicts with another item of the same name"
+
+#: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
+FEATURE_LOGSTATUS: Final = 1
+
+_OK: Final = ExtensionStatus(code=0, message="OK")
+
+
+def _ok() -> Any:
+    return ExtensionResponse(status=_OK, response=[])
+
+
+def _fail(message: str) -> Any:
+    return ExtensionResponse(status=ExtensionStatus(code=1, message=message), response=[])
+
+
+class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
+    """Decodes strings without raising on bytes that are not UTF-8.
+
+    The stock protocol raises UnicodeDecodeError inside the generated reader, which answers
+    osqueryd with an exception, and an exception on a log call stops osqueryd's worker. Here a
+    bad byte survives as a surrogate escape and the line is counted and dropped later instead.
+    """
+
+    def readString(self) -> str:
+        return str(self.readBinary().decode("utf-8", "surrogateescape"))
+
+
+@dataclass
+class LoggerPlugin:
+    """One registered logger plugin: it only hands lines to its spool and returns."""
+
+    name: str
+    service: str
+    spool: Spool
+    counters: PluginCounters
+    flusher_wake: Callable[[], None]
+    version: Callable[[], str]
+    settings: Callable[[], Settings]
+    host_identifier: str
+    batch_records: int = 500
+
+    def forwards_status(self) -> bool:
+        return not (self.service == "kinesis" and self.settings().aws_kinesis_disable_log_status)
+
+    def _spool(self, kind: int, data: bytes) -> None:
+        self.counters.accepted += 1
+        if self.spool.append(kind, data) and self.spool.pending_unread() >= self.batch_records:
+            self.flusher_wake()
+
+    def log_line(self, line: str) -> None:
+        self._spool(KIND_RESULT, line.encode("utf-8", "surrogateescape"))
+
+    def log_status(self, text: str) -> None:
+        if not self.forwards_status():
+            return
+        try:
+            entries = json.loads(text)
+        except ValueError:
+            self.counters.accepted += 1
+            self.counters.drop("not_json")
+            log.warning("%s: a status log batch was not JSON; dropped", self.name)
+            return
+        if not isinstance(entries, list):
+            entries = [entries]
+        version = self.version()
+        for entry in entries:
+            if isinstance(entry, dict):
+                if not entry.get("h"):
+                    entry["h"] = self.host_identifier
+                self._spool(KIND_STATUS, status_record(entry, version))
+            else:
+                self.counters.accepted += 1
+                self.counters.drop("not_json")
+
+    def handle(self, request: Mapping[str, str]) -> Any:
+        """Answer one call of osqueryd's logger registry.
+
+        string/snapshot/status are answered 0 whatever happens: osqueryd treats anything
+        else on a result line as fatal and has already forgotten the rows.
+        """
+        if "string" in request or "snapshot" in request:
+            try:
+                self.log_line(request["string"] if "string" in request else request["snapshot"])
+            except Exception:
+                self.counters.drop("spool_error")
+                log.exception("%s: could not spool a line", self.name)
+            return _ok()
+        if "status" in request:
+            try:
+                self.log_status(request.get("log", "[]"))
+            except Exception:
+                self.counters.drop("spool_error")
+                log.exception("%s: could not spool status logs", self.name)
+            return _ok()
+        if "init" in request:
+            return _ok()
+        if request.get("action") == "features":
+            code = FEATURE_LOGSTATUS if self.forwards_status() else 0
+            return ExtensionResponse(status=ExtensionStatus(code=code, message="OK"), response=[])
+        if "health" in request:
+            return _ok()
+        return _fail(f"{self.name}: unknown logger request with keys {sorted(request)[:5]}")
+
+
+class Handler:
+    """The Extension service osqueryd calls: ping, call and shutdown."""
+
+    def __init__(self, plugins: dict[str, LoggerPlugin], on_init: Callable[[], None],
+                 on_shutdown: Callable[[], None]) -> None:
+        self.plugins = plugins
+        self._on_init = on_init
+        self._on_shutdown = on_shutdown
+
+    def ping(self) -> Any:
+        return _OK
+
+    def shutdown(self) -> Any:
+        log.info("osqueryd asked the extension to shut down")
+        self._on_shutdown()
+        return _OK
+
+    def call(self, registry: str, item: str, request: dict[str, str]) -> Any:
+        plugin = self.plugins.get(item) if registry == "logger" else None
+        if plugin is None:
+            return _fail(f"no {registry} plugin named {item!r} in this extension")
+        if "init" in request:
+            self._on_init()
+        return plugin.handle(request)
+
+
+class Server:
+    """Serves the Extension service on a UNIX socket, one connection at a time.
+
+    osqueryd opens a fresh connection for every call and closes it; serving them in turn on
+    one thread costs no thread start per call and keeps the spool writes in order.
+    """
+
+    ACCEPT_POLL_SECONDS: Final = 0.25
+    IDLE_SECONDS: Final = 10.0
+
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self._processor = Extension.Processor(handler)
+        self._stop = threading.Event()
+        with_unlink = Path(path)
+        if with_unlink.exists():
+            with_unlink.unlink()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(128)
+        self._listener.settimeout(self.ACCEPT_POLL_SECONDS)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    connection, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                self._serve_connection(connection)
+        finally:
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _serve_connection(self, connection: socket.socket) -> None:
+        connection.settimeout(self.IDLE_SECONDS)
+        client = TSocket.TSocket()
+        client.setHandle(connection)
+        transport = TTransport.TBufferedTransport(client)
+        protocol = _LenientBinaryProtocol(transport)
+        try:
+            while not self._stop.is_set():
+                self._processor.process(protocol, protocol)
+        except (TTransport.TTransportException, OSError, EOFError):
+            pass  # the peer closed, as osqueryd does after every call
+        except Exception:  # pragma: no cover - a malformed message must not end the server
+            log.exception("malformed Thrift message; connection closed")
+        finally:
+            transport.close()
+
+
+class ManagerClient:
+    """Calls into osqueryd's ExtensionManager, each on a connection of its own."""
+
+    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _call(self, method: str, *args: Any) -> Any:
+        sock = TSocket.TSocket(unix_socket=self.socket_path)
+        sock.setTimeout(self.timeout * 1000)
+        transport = TTransport.TBufferedTransport(sock)
+        transport.open()
+        try:
+            client = ExtensionManager.Client(_LenientBinaryProtocol(transport))
+            return getattr(client, method)(*args)
+        finally:
+            transport.close()
+
+    def wait_until_up(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._call("ping")
+                return True
+            except (TTransport.TTransportException, OSError):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
+
+    def options(self) -> dict[str, str]:
+        return {name: info.value or "" for name, info in self._call("options").items()}
+
+    def osquery_version(self) -> str:
+        answer = self._call("query", "SELECT version FROM osquery_info")
+        if answer.status.code == 0 and answer.response:
+            return str(answer.response[0].get("version", ""))
+        return ""
+
+    def register(self, names: list[str]) -> int:
+        info = InternalExtensionInfo(name=EXTENSION_NAME, version=__version__,
+                                     sdk_version=SDK_VERSION, min_sdk_version=MIN_SDK_VERSION)
+        registry: dict[str, dict[str, list[Any]]] = {"logger": {name: [] for name in names}}
+        status = self._call("registerExtension", info, registry)
+        if status.code != 0:
+            raise RegistrationError(status.message or "refused",
+                                    name_clash=CONFLICT_TEXT in (status.message or ""))
+        return int(status.uuid)
+
+    def registered(self, uuid: int) -> bool:
+        return uuid in self._call("extensions")
+
+    def ping_ok(self) -> bool:
+        return bool(self._call("ping").code == 0)
+
+    def deregister(self, uuid: int) -> None:
+        self._call("deregisterExtension", uuid)
+
+
+def plugin_names(suffix: str) -> dict[str, str]:
+    return {service: name + suffix for service, name in BASE_PLUGIN_NAMES.items()}
+
+
+@dataclass
+class ExtensionArgs:
+    socket: str
+    timeout: float
+    interval: float
+    verbose: bool
+    command_line: dict[str, str]
+
+
+class LoggerExtension:
+    """The running extension: settings, spools, flusher, server and watcher."""
+
+    def __init__(self, args: ExtensionArgs) -> None:
+        self.args = args
+        self.manager = ManagerClient(args.socket)
+        self.stopping = threading.Event()
+        self._reread = threading.Event()
+        self._version = ""
+        self.settings = Settings()
+        self.problems: list[str] = []
+        self.plugins: dict[str, LoggerPlugin] = {}
+        self.flusher: Flusher | None = None
+        self.server: Server | None = None
+        self.uuid = 0
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def read_settings(self) -> tuple[Settings, list[str]]:
+        try:
+            options = self.manager.options()
+        except (TTransport.TTransportException, OSError):
+            options = {}
+        settings, problems = parse_settings(options, self.args.command_line)
+        return settings, problems
+
+    def _announce_problems(self, problems: list[str]) -> None:
+        if problems:
+            log.error("settings unusable, nothing ships until they are fixed (lines are kept in "
+                      "the spool): %s", "; ".join(problems))
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        if not self.manager.wait_until_up(self.args.timeout):
+            log.error("no osquery extension manager answered on %s within %ss",
+                      self.args.socket, self.args.timeout)
+            return 1
+        self.settings, self.problems = self.read_settings()
+        self._announce_problems(self.problems)
+        try:
+            self._version = self.manager.osquery_version()
+        except (TTransport.TTransportException, OSError):
+            self._version = ""
+        host = local_host_identifier()
+        channels = []
+        suffix = self.settings.aws_logger_plugin_suffix
+        for service, name in plugin_names("").items():
+            directory = Path(self.settings.aws_logger_spool_dir) / service
+            counters = PluginCounters()
+            spool = Spool(directory, max_records=self.settings.buffered_log_max,
+                          max_bytes=self.settings.aws_logger_spool_max_bytes,
+                          on_drop=counters.drop)
+            channels.append(Channel(name, SERVICES[service], spool, counters, self.settings,
+                                    host_identifier=host))
+        self.flusher = Flusher(channels, self.settings, problems=self.problems)
+        try:
+            names = self._register(suffix)
+        except RegistrationError as exc:
+            log.error("osqueryd refused to register the extension: %s", exc)
+            self.flusher.stop(0)
+            return 1
+        for channel, (service, name) in zip(channels, names.items(), strict=True):
+            channel.plugin = name
+            self.plugins[name] = LoggerPlugin(
+                name, service, channel.spool, channel.counters, self.flusher.wake,
+                lambda: self._version, lambda: self.settings, host)
+        self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
+            self.plugins, self._reread.set, self.stopping.set))
+        self.flusher.start()
+        threading.Thread(target=self._watch, name="aws-logger-watcher", daemon=True).start()
+        log.info("registered extension %s %s (uuid %d) with logger plugins %s; serving on %s",
+                 EXTENSION_NAME, __version__, self.uuid, ", ".join(names.values()),
+                 self.server.path)
+        return 0
+
+    def _register(self, suffix: str) -> dict[str, str]:
+        names = plugin_names(suffix)
+        try:
+            self.uuid = self.manager.register(list(names.values()))
+            return names
+        except RegistrationError as exc:
+            if not exc.name_clash or suffix:
+                raise
+        names = plugin_names(CLASH_SUFFIX)
+        log.warning(
+            "osqueryd already has logger plugins named aws_kinesis and aws_firehose (stock "
+            "osquery builds compile in its own AWS loggers). Registered this extension's as "
+            "%s instead: use --logger_plugin=%s, or build osqueryd with -DOSQUERY_BUILD_AWS=OFF "
+            "to use the plain names. Set custom_aws_logger_plugin_suffix to choose the suffix.",
+            " and ".join(names.values()), ",".join(names.values()))
+        self.uuid = self.manager.register(list(names.values()))
+        return names
+
+    # -- run and stop ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Ping osqueryd every interval; stop when it is gone or has dropped the extension."""
+        while not self.stopping.is_set():
+            if self._reread.wait(self.args.interval):
+                self._reread.clear()
+                self._apply_settings()
+                continue
+            try:
+                if not self.manager.ping_ok() or not self.manager.registered(self.uuid):
+                    log.warning("osqueryd no longer lists this extension; stopping")
+                    self.stopping.set()
+            except (TTransport.TTransportException, OSError, EOFError):
+                log.warning("osqueryd's extension manager stopped answering; stopping")
+                self.stopping.set()
+        if self.server is not None:
+            self.server.stop()
+
+    def _apply_settings(self) -> None:
+        settings, problems = self.read_settings()
+        if problems != self.problems:
+            self._announce_problems(problems)
+        self.settings, self.problems = settings, problems
+        if self.flusher is not None:
+            self.flusher.apply(settings, problems)
+
+    def serve(self) -> None:
+        assert self.server is not None
+        self.server.serve()
+
+    def stop(self) -> int:
+        self.stopping.set()
+        if self.server is not None:
+            self.server.stop()
+        if self.flusher is None:
+            return 0
+        timeout = float(self.settings.aws_logger_shutdown_timeout)
+        drained = self.flusher.stop(timeout)
+        left = sum(c.spool.depth()[0] for c in self.flusher.channels)
+        log.info("stopped: %s", "everything delivered" if drained else
+                 f"{left} records stay spooled for the next start")
+        return 0
+
+
+def run(args: ExtensionArgs) -> int:
+    """Run the extension until osqueryd goes away, asks it to stop, or a signal arrives."""
+    extension = LoggerExtension(args)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        extension.stopping.set()
+        if extension.server is not None:
+            extension.server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = extension.start()
+    if code != 0:
+        return code
+
+    def stop_server_when_asked() -> None:
+        extension.stopping.wait()
+        if extension.server is not None:
+            extension.server.stop()
+
+    threading.Thread(target=stop_server_when_asked, daemon=True).start()
+    extension.serve()
+    return extension.stop()
+
+
+__all__ = ["ExtensionArgs", "LoggerExtension", "SettingsError", "run"]

@@ -1,0 +1,427 @@
+"""One flusher thread for both plugins: it owns the network, the clients and the credentials.
+
+Each plugin is a Channel: its spool, its counters, the records read but not yet delivered,
+and its backoff. The loop sends a channel's batch when its period is up or a full batch waits,
+and sleeps on one Event the thrift side sets when a full batch is waiting. Backoff is a time
+the loop compares with the clock; nothing in here sleeps except that wait, so a stop request
+is seen at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._aws import AwsClients
+from ._batching import (
+    FIREHOSE_LIMITS,
+    KINESIS_LIMITS,
+    Entry,
+    ServiceLimits,
+    Unshippable,
+    batch_length,
+    oversize,
+    partition_key,
+    result_record,
+)
+from ._counters import PluginCounters
+from ._errors import DeliveryError
+from ._retry import EXPIRED_CODES, Backoff, is_retriable, is_throttling
+from ._settings import Settings
+from ._spool import KIND_STATUS, Spool
+
+log = logging.getLogger("osquery_aws_logger.flusher")
+
+#: Longest the loop sleeps: the spool's fsync interval bounds what a power loss can take.
+MAX_WAIT_SECONDS: Final = 1.0
+#: How often a line of counters is logged while something waits or fails.
+REPORT_INTERVAL_SECONDS: Final = 60.0
+
+
+@dataclass(frozen=True)
+class Service:
+    """Kinesis or Firehose: a limits record and the one API call that differs."""
+
+    name: str
+    limits: ServiceLimits
+    put: Callable[[Any, str, list[Entry]], list[str | None]]
+
+
+def _put_kinesis(client: Any, stream: str, entries: list[Entry]) -> list[str | None]:
+    answer = client.put_records(
+        StreamName=stream,
+        Records=[{"Data": e.data, "PartitionKey": e.partition_key} for e in entries])
+    if not answer.get("FailedRecordCount"):
+        return [None] * len(entries)
+    return [r.get("ErrorCode") for r in answer["Records"]]
+
+
+def _put_firehose(client: Any, stream: str, entries: list[Entry]) -> list[str | None]:
+    answer = client.put_record_batch(
+        DeliveryStreamName=stream, Records=[{"Data": e.data} for e in entries])
+    if not answer.get("FailedPutCount"):
+        return [None] * len(entries)
+    return [r.get("ErrorCode") for r in answer["RequestResponses"]]
+
+
+KINESIS: Final = Service("kinesis", KINESIS_LIMITS, _put_kinesis)
+FIREHOSE: Final = Service("firehose", FIREHOSE_LIMITS, _put_firehose)
+SERVICES: Final = {s.name: s for s in (KINESIS, FIREHOSE)}
+
+
+def delivery_error(exc: Exception) -> DeliveryError:
+    """A botocore failure of a whole call, classified; the message carries no secrets."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "ClientError")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return DeliveryError(code, str(error.get("Message", ""))[:300],
+                             retriable=is_retriable(code, status), throttled=is_throttling(code),
+                             expired_credentials=code in EXPIRED_CODES)
+    if isinstance(exc, BotoCoreError):
+        # Connection refused/reset, DNS, timeouts, unreadable answers: all worth retrying.
+        return DeliveryError(type(exc).__name__, "no usable answer from the endpoint",
+                             retriable=True)
+    return DeliveryError(type(exc).__name__, "unexpected failure", retriable=True)
+
+
+class _RateLimit:
+    """Lets a kind of log line through at most once per interval, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        if now - self._last.get(key, -self.interval) >= self.interval:
+            self._last[key] = now
+            return True
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        return False
+
+
+class Channel:
+    """One logger plugin's delivery state. Only the flusher thread touches it after start."""
+
+    def __init__(self, plugin: str, service: Service, spool: Spool, counters: PluginCounters,
+                 settings: Settings, *, host_identifier: str) -> None:
+        self.plugin = plugin
+        self.service = service
+        self.spool = spool
+        self.counters = counters
+        self.host_identifier = host_identifier
+        self.backoff = Backoff()
+        self.settings = settings
+        self.pending: deque[Entry] = deque()
+        self._outstanding: deque[int] = deque()  # sequence numbers read, in spool order
+        self._finished: set[int] = set()  # of those, delivered or dropped for good
+        self.next_flush_at = time.monotonic() + self.period
+        self._last_error_code = ""
+        self._logs = _RateLimit(10.0)
+
+    @property
+    def period(self) -> float:
+        return float(getattr(self.settings, f"aws_{self.service.name}_period"))
+
+    @property
+    def stream(self) -> str:
+        return str(getattr(self.settings, f"aws_{self.service.name}_stream"))
+
+    def waiting(self) -> int:
+        return len(self.pending) + self.spool.pending_unread()
+
+    def due(self, now: float, *, draining: bool) -> bool:
+        if not self.backoff.ready(now) or not self.waiting():
+            return False
+        if draining or self.waiting() >= self.service.limits.max_records:
+            return True
+        return now >= self.next_flush_at
+
+    def wake_at(self, now: float) -> float:
+        if not self.backoff.ready(now):
+            return self.backoff.retry_at
+        if self.waiting() >= self.service.limits.max_records:
+            return now
+        return self.next_flush_at
+
+    # -- reading and shaping ------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Read from the spool until a full batch is pending (or the spool is empty)."""
+        limits = self.service.limits
+        while len(self.pending) < limits.max_records:
+            records = self.spool.read(limits.max_records - len(self.pending))
+            if not records:
+                return
+            for record in records:
+                self._outstanding.append(record.seq)
+                try:
+                    entry = self._entry(record.seq, record.kind, record.data)
+                except Unshippable as exc:
+                    self._drop(record.seq, exc.reason, exc.detail)
+                    continue
+                if oversize(entry, limits):
+                    self._drop(record.seq, "oversize",
+                               f"{entry.size()} bytes over the {limits.max_record_bytes}-byte "
+                               f"{limits.service} record limit, query {_query_name(record.data)}")
+                    continue
+                self.pending.append(entry)
+
+    def _entry(self, seq: int, kind: int, data: bytes) -> Entry:
+        if kind == KIND_STATUS:
+            record, host = data, _status_host(data)
+        else:
+            record, parsed = result_record(data)
+            host = str(parsed.get("hostIdentifier") or "")
+        key = ""
+        if self.service.limits.uses_partition_key:
+            key = partition_key(host or self.host_identifier,
+                                random_key=self.settings.aws_kinesis_random_partition_key)
+        return Entry(seq, record + self.service.limits.record_suffix, key)
+
+    def _drop(self, seq: int, reason: str, detail: str) -> None:
+        self.counters.drop(reason)
+        self._finished.add(seq)
+        if self._logs.allow(reason, time.monotonic()):
+            more = self._logs.suppressed.pop(reason, 0)
+            log.warning("%s: dropped a record (%s): %s%s", self.plugin, reason, detail,
+                        f" ({more} more since the last such line)" if more else "")
+
+    def _acknowledge(self) -> None:
+        last = 0
+        while self._outstanding and self._outstanding[0] in self._finished:
+            last = self._outstanding.popleft()
+            self._finished.discard(last)
+        if last:
+            self.spool.ack(last)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def flush_once(self, clients: AwsClients | None, now: float) -> None:
+        """Send at most one put call's worth of records."""
+        self._fill()
+        self._acknowledge()  # drops above may complete a prefix
+        if not self.pending:
+            self.next_flush_at = now + self.period
+            return
+        if clients is None:
+            return
+        count = batch_length(self.pending, self.service.limits)
+        batch = [self.pending[i] for i in range(count)]
+        self.counters.put_calls += 1
+        try:
+            codes = self.service.put(clients.client(self.service.name), self.stream, batch)
+        except Exception as exc:
+            self._call_failed(delivery_error(exc), clients, now, count)
+            return
+        failed = [entry for entry, code in zip(batch, codes, strict=True) if code]
+        for _ in range(count):
+            self.pending.popleft()
+        self.pending.extendleft(reversed(failed))  # only the failed entries go again, in order
+        delivered = count - len(failed)
+        self.counters.delivered += delivered
+        for entry, code in zip(batch, codes, strict=True):
+            if not code:
+                self._finished.add(entry.seq)
+        self._acknowledge()
+        if delivered:
+            self.counters.last_success = time.time()
+        if failed:
+            throttled = sum(1 for code in codes if code and is_throttling(code))
+            self.counters.retried += len(failed)
+            self.counters.throttled += throttled
+            self.backoff.failed(now)
+            self._set_state("throttled" if throttled else "retrying",
+                            f"{len(failed)} of {count} records failed "
+                            f"({next(code for code in codes if code)})")
+        else:
+            self.backoff.succeeded()
+            self._set_state("ok", "")
+        if not self.pending and not self.spool.pending_unread():
+            self.next_flush_at = now + self.period
+
+    def _call_failed(self, error: DeliveryError, clients: AwsClients, now: float,
+                     count: int) -> None:
+        self.counters.retried += count
+        if error.throttled:
+            self.counters.throttled += count
+        if error.expired_credentials:
+            clients.invalidate()
+        if error.retriable:
+            delay = self.backoff.failed(now)
+            state = "throttled" if error.throttled else "retrying"
+            self._set_state(state, f"{error} (next try in {delay:.1f}s)")
+        else:
+            self.backoff.give_up_for_now(now)
+            self._set_state("failing", f"{error}: records stay spooled; fix the cause (stream "
+                            f"name, permissions, region) and they are sent")
+
+    def _set_state(self, state: str, message: str) -> None:
+        counters = self.counters
+        changed = state != counters.state
+        code = message.split(":", 1)[0]
+        if message:
+            counters.record_error(message)
+        if changed or (state != "ok" and code != self._last_error_code):
+            # One line per change of state or of error, not one per retry.
+            level = logging.INFO if state == "ok" else logging.WARNING
+            log.log(level, "%s: %s%s", self.plugin, state, f": {message}" if message else "")
+        self._last_error_code = code if state != "ok" else ""
+        counters.state = state
+
+
+def _query_name(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("name", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def _status_host(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("hostIdentifier") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+class Flusher:
+    """The one background thread that ships every plugin's spool."""
+
+    def __init__(self, channels: list[Channel], settings: Settings, *,
+                 problems: list[str] | None = None,
+                 clients_factory: Callable[[Settings], AwsClients] = AwsClients) -> None:
+        self.channels = channels
+        self._clients_factory = clients_factory
+        self._settings = settings
+        self._problems = list(problems or [])
+        self._clients: AwsClients | None = None
+        self._pending_settings: tuple[Settings, list[str]] | None = None
+        self._wake = threading.Event()
+        self._stop_deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="aws-logger-flusher", daemon=True)
+        self._next_report = time.monotonic() + REPORT_INTERVAL_SECONDS
+        self._lock = threading.Lock()
+
+    @property
+    def clients(self) -> AwsClients | None:
+        return self._clients
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def apply(self, settings: Settings, problems: list[str]) -> None:
+        """New settings (from the thrift or watcher side); the flusher switches at its next turn."""
+        with self._lock:
+            self._pending_settings = (settings, list(problems))
+        self._wake.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Flush for at most `timeout` seconds, then stop. Answers whether everything was sent."""
+        self._stop_deadline = time.monotonic() + timeout
+        self._wake.set()
+        self._thread.join(timeout + 0.5)
+        drained = not self._thread.is_alive() and not any(c.waiting() for c in self.channels)
+        for channel in self.channels:
+            channel.spool.close()
+        return drained
+
+    def _switch_settings(self) -> None:
+        with self._lock:
+            pending, self._pending_settings = self._pending_settings, None
+        if pending is None:
+            return
+        settings, problems = pending
+        if settings != self._settings or problems != self._problems:
+            self._settings, self._problems = settings, problems
+            self._clients = None  # rebuilt with the new credentials, endpoints and proxy
+            for channel in self.channels:
+                channel.settings = settings
+                channel.backoff.succeeded()
+                channel.next_flush_at = min(channel.next_flush_at,
+                                            time.monotonic() + channel.period)
+                channel.spool.max_records = settings.buffered_log_max
+                channel.spool.max_bytes = settings.aws_logger_spool_max_bytes
+
+    def _usable(self, channel: Channel) -> bool:
+        """Whether this channel may ship now; records of one that may not stay spooled."""
+        problem = "; ".join(self._problems) or channel.settings.stream_problem(channel.service.name)
+        if problem:
+            if channel.counters.state != "disabled" or channel.counters.last_error != problem:
+                log.error("%s: not shipping, records stay spooled: %s", channel.plugin, problem)
+                channel.counters.record_error(problem)
+                channel.counters.state = "disabled"
+            return False
+        if channel.counters.state == "disabled":
+            channel.counters.state = "ok"
+        return True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._turn():
+                    return
+            except Exception:  # pragma: no cover - a bug must not end delivery for good
+                log.exception("flusher: unexpected error; carrying on")
+                self._wake.wait(MAX_WAIT_SECONDS)
+
+    def _turn(self) -> bool:
+        """One pass of the loop; answers True when the flusher is done for good."""
+        self._switch_settings()
+        now = time.monotonic()
+        stopping = self._stop_deadline is not None
+        if self._stop_deadline is not None and (now >= self._stop_deadline or not self._work_left()):
+            return True
+        for channel in self.channels:
+            channel.spool.sync()
+        sent = False
+        for channel in self.channels:
+            if channel.due(now, draining=stopping) and self._usable(channel):
+                if self._clients is None:
+                    self._clients = self._clients_factory(self._settings)
+                channel.flush_once(self._clients, now)
+                sent = True
+        self._report(now)
+        if sent:
+            return False  # go round again at once: more may be due (draining a backlog)
+        wake = min([c.wake_at(now) for c in self.channels] + [now + MAX_WAIT_SECONDS])
+        if self._stop_deadline is not None:
+            wake = min(wake, self._stop_deadline)
+        self._wake.wait(max(0.0, wake - now))
+        self._wake.clear()
+        return False
+
+    def _work_left(self) -> bool:
+        return any(c.waiting() and self._usable(c) for c in self.channels)
+
+    def _report(self, now: float) -> None:
+        if now < self._next_report:
+            return
+        self._next_report = now + REPORT_INTERVAL_SECONDS
+        for channel in self.channels:
+            records, size = channel.spool.depth()
+            if records or channel.counters.state != "ok":
+                c = channel.counters
+                log.info("%s: %s; waiting %d records (%d bytes); accepted %d delivered %d "
+                         "retried %d throttled %d dropped %s", channel.plugin, c.state, records,
+                         size, c.accepted, c.delivered, c.retried, c.throttled,
+                         {k: v for k, v in c.dropped.items() if v} or 0)
+
+
+def local_host_identifier() -> str:
+    """The partition key for lines that carry no hostIdentifier of their own."""
+    return socket.gethostname()

@@ -1,0 +1,252 @@
+"""One typed, validated settings object built from osquery's options under osquery's own names."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._errors import SettingsError
+
+#: Options whose values never appear in a log line, an error or a settings dump.
+SECRET_OPTIONS: Final = frozenset({"aws_secret_access_key", "aws_session_token", "aws_proxy_password"})
+REDACTED: Final = "<redacted>"
+
+#: Prefix under which osqueryd keeps config options it does not define itself; on a build made
+#: without AWS support this is the only way a config file's option reaches the extension.
+CUSTOM_PREFIX: Final = "custom_"
+
+PROXY_SCHEMES: Final = ("http", "https")
+STS_TIMEOUT_RANGE: Final = (900, 3600)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    # osquery's gflags accept these spellings for boolean flags.
+    if lowered in ("true", "1", "yes", "y", "t", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "f", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_period(text: str) -> int:
+    value = int(text.strip())
+    if value < 1:
+        raise ValueError("expected a whole number of seconds of at least 1")
+    return value
+
+
+def _parse_positive(text: str) -> int:
+    value = int(text.strip())
+    if value < 1:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _parse_port(text: str) -> int | None:
+    if not text.strip():
+        return None
+    value = int(text.strip())
+    if not 1 <= value <= 65535:
+        raise ValueError("expected a port number 1-65535")
+    return value
+
+
+def _parse_sts_timeout(text: str) -> int:
+    value = int(text.strip())
+    low, high = STS_TIMEOUT_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"expected seconds between {low} and {high}")
+    return value
+
+
+def _parse_scheme(text: str) -> str:
+    value = text.strip().lower()
+    if value not in PROXY_SCHEMES:
+        raise ValueError("expected http or https")
+    return value
+
+
+def _parse_endpoint(text: str) -> str:
+    value = text.strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _parse_suffix(text: str) -> str:
+    value = text.strip()
+    if value and not all(c.isalnum() or c == "_" for c in value):
+        raise ValueError("expected letters, digits and underscores")
+    return value
+
+
+def _parse_str(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its osquery name, default (as osquery writes it) and parser."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    #: True for options osquery itself defines; False for this extension's own additions.
+    osquery: bool = True
+
+
+OPTIONS: Final[tuple[OptionSpec, ...]] = (
+    OptionSpec("aws_kinesis_stream", "", _parse_str, "Kinesis Data Streams stream name"),
+    OptionSpec("aws_kinesis_period", "10", _parse_period, "Seconds between Kinesis flushes"),
+    OptionSpec("aws_kinesis_random_partition_key", "false", _parse_bool,
+               "Use a random partition key per record instead of the host identifier"),
+    OptionSpec("aws_kinesis_disable_log_status", "false", _parse_bool,
+               "Do not send status logs to Kinesis"),
+    OptionSpec("aws_kinesis_endpoint", "", _parse_endpoint, "Custom Kinesis endpoint URL"),
+    OptionSpec("aws_kinesis_region", "", _parse_str, "Kinesis region (overrides aws_region)"),
+    OptionSpec("aws_firehose_stream", "", _parse_str, "Firehose delivery stream name"),
+    OptionSpec("aws_firehose_period", "10", _parse_period, "Seconds between Firehose flushes"),
+    OptionSpec("aws_firehose_endpoint", "", _parse_endpoint, "Custom Firehose endpoint URL"),
+    OptionSpec("aws_firehose_region", "", _parse_str, "Firehose region (overrides aws_region)"),
+    OptionSpec("aws_access_key_id", "", _parse_str, "AWS access key ID override"),
+    OptionSpec("aws_secret_access_key", "", _parse_str, "AWS secret access key override"),
+    OptionSpec("aws_session_token", "", _parse_str, "AWS session token override"),
+    OptionSpec("aws_profile_name", "", _parse_str, "AWS config profile for credentials and region"),
+    OptionSpec("aws_region", "", _parse_str, "AWS region override"),
+    OptionSpec("aws_sts_arn_role", "", _parse_str, "AWS STS assume role ARN"),
+    OptionSpec("aws_sts_region", "", _parse_str, "AWS STS assume role region"),
+    OptionSpec("aws_sts_session_name", "default", _parse_str, "AWS STS session name"),
+    OptionSpec("aws_sts_timeout", "3600", _parse_sts_timeout,
+               "AWS STS temporary credential lifetime in seconds (900-3600)"),
+    OptionSpec("aws_enable_proxy", "false", _parse_bool, "Send AWS calls through a proxy"),
+    OptionSpec("aws_proxy_scheme", "https", _parse_scheme, "Proxy scheme (http or https)"),
+    OptionSpec("aws_proxy_host", "", _parse_str, "Proxy host"),
+    OptionSpec("aws_proxy_port", "", _parse_port, "Proxy port"),
+    OptionSpec("aws_proxy_username", "", _parse_str, "Proxy username"),
+    OptionSpec("aws_proxy_password", "", _parse_str, "Proxy password"),
+    OptionSpec("buffered_log_max", "1000000", _parse_positive,
+               "Most records kept waiting per plugin; past it the oldest are dropped"),
+    # The extension's own options. osqueryd does not define them, so in a config file they are
+    # written with the custom_ prefix (custom_aws_logger_spool_dir); on the command line plain.
+    OptionSpec("aws_sts_endpoint", "", _parse_endpoint,
+               "Custom STS endpoint URL (non-AWS implementations, tests)", osquery=False),
+    OptionSpec("aws_logger_spool_dir", "/var/osquery/aws_logger", _parse_str,
+               "Directory of the durable spool", osquery=False),
+    OptionSpec("aws_logger_spool_max_bytes", str(1 << 30), _parse_positive,
+               "Most bytes kept waiting per plugin; past it the oldest are dropped", osquery=False),
+    OptionSpec("aws_logger_shutdown_timeout", "5", _parse_positive,
+               "Seconds to keep flushing at shutdown before exiting", osquery=False),
+    OptionSpec("aws_logger_plugin_suffix", "", _parse_suffix,
+               "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>",
+               osquery=False),
+)
+
+OPTION_NAMES: Final = frozenset(spec.name for spec in OPTIONS)
+
+
+def redact(name: str, value: str) -> str:
+    """The value of option `name` as it may be shown to a person."""
+    return REDACTED if name in SECRET_OPTIONS and value else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the extension reads from osquery's options, parsed and validated."""
+
+    aws_kinesis_stream: str = ""
+    aws_kinesis_period: int = 10
+    aws_kinesis_random_partition_key: bool = False
+    aws_kinesis_disable_log_status: bool = False
+    aws_kinesis_endpoint: str = ""
+    aws_kinesis_region: str = ""
+    aws_firehose_stream: str = ""
+    aws_firehose_period: int = 10
+    aws_firehose_endpoint: str = ""
+    aws_firehose_region: str = ""
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = dataclasses.field(default="", repr=False)
+    aws_session_token: str = dataclasses.field(default="", repr=False)
+    aws_profile_name: str = ""
+    aws_region: str = ""
+    aws_sts_arn_role: str = ""
+    aws_sts_region: str = ""
+    aws_sts_session_name: str = "default"
+    aws_sts_timeout: int = 3600
+    aws_enable_proxy: bool = False
+    aws_proxy_scheme: str = "https"
+    aws_proxy_host: str = ""
+    aws_proxy_port: int | None = None
+    aws_proxy_username: str = ""
+    aws_proxy_password: str = dataclasses.field(default="", repr=False)
+    buffered_log_max: int = 1_000_000
+    aws_sts_endpoint: str = ""
+    aws_logger_spool_dir: str = "/var/osquery/aws_logger"
+    aws_logger_spool_max_bytes: int = 1 << 30
+    aws_logger_shutdown_timeout: int = 5
+    aws_logger_plugin_suffix: str = ""
+
+    def dump(self) -> dict[str, str]:
+        """Every option as text, secrets redacted: safe to log or print."""
+        out = {}
+        for spec in OPTIONS:
+            value = getattr(self, spec.name)
+            text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            out[spec.name] = redact(spec.name, text)
+        return out
+
+    def stream_problem(self, service: str) -> str | None:
+        """Why `service` ("kinesis" or "firehose") cannot ship with these settings, if it can't."""
+        option = f"aws_{service}_stream"
+        if not getattr(self, option):
+            return f"{option} is empty: set it to the {service} stream to deliver to"
+        if self.aws_enable_proxy and (not self.aws_proxy_host or self.aws_proxy_port is None):
+            return "aws_enable_proxy=true needs aws_proxy_host and aws_proxy_port"
+        return None
+
+
+def option_value(options: Mapping[str, str], name: str) -> str | None:
+    """The value osqueryd holds for `name`: its custom_ form wins over the core flag.
+
+    The custom_ form is only ever set on purpose for this extension, whereas a stock osqueryd
+    reports every core aws_* flag, at its default when nobody set it.
+    """
+    custom = options.get(CUSTOM_PREFIX + name)
+    if custom is not None and custom != "":
+        return custom
+    return options.get(name)
+
+
+def parse_settings(options: Mapping[str, str],
+                   command_line: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Settings from osqueryd's options and the extension's own command line (which wins).
+
+    Answers the settings and one problem per unusable option, naming the option and its value
+    (secrets redacted); an unusable option keeps its default in the settings answered.
+    """
+    values: dict[str, Any] = {}
+    problems = []
+    for spec in OPTIONS:
+        text = command_line.get(spec.name)
+        if text is None:
+            text = option_value(options, spec.name)
+        if text is None:
+            text = spec.default
+        try:
+            values[spec.name] = spec.parse(text)
+        except ValueError as exc:
+            # int() messages quote the value itself; never let one through for a secret.
+            reason = str(exc) if not str(exc).startswith("invalid literal") else "expected a number"
+            problems.append(f"{spec.name}={redact(spec.name, text)!r}: {reason}")
+    return Settings(**values), problems
+
+
+def build_settings(options: Mapping[str, str], command_line: Mapping[str, str]) -> Settings:
+    """Like parse_settings, but raises SettingsError when any option is unusable."""
+    settings, problems = parse_settings(options, command_line)
+    if problems:
+        raise SettingsError(problems)
+    return settings
