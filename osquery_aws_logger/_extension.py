@@ -441,6 +441,10 @@ class LoggerExtension:
         timeout = float(self.settings.aws_logger_shutdown_timeout)
         drained = self.flusher.stop(timeout)
         left = sum(c.spool.depth()[0] for c in self.flusher.channels)
+        for channel in self.flusher.channels:
+            # One machine-readable line per plugin, so the last figures survive in the log.
+            log.info("%s: counters %s", channel.plugin,
+                     json.dumps(channel.counters.snapshot(), sort_keys=True))
         log.info("stopped: %s", "everything delivered" if drained else
                  f"{left} records stay spooled for the next start")
         return 0
