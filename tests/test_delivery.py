@@ -30,8 +30,12 @@ def indices(records: list[dict[str, Any]]) -> list[int]:
 
 
 def wait_delivered(aws: Aws, service: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    return wait_for(lambda: (lambda got: got if len(indices(got)) >= count else None)(
-        delivered(aws, service)), timeout, f"{count} {service} records")  # type: ignore[no-any-return]
+    def enough() -> list[dict[str, Any]] | None:
+        got = delivered(aws, service)
+        return got if len(indices(got)) >= count else None
+
+    found: list[dict[str, Any]] = wait_for(enough, timeout, f"{count} {service} records")
+    return found
 
 
 def counters(ext: RunningExtension) -> dict[str, dict[str, Any]]:
