@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test demo bench package package-test clean
+.PHONY: venv tools lint test demo bench package package-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Real peers the tests run: Debian's tinyproxy (a forward proxy with BasicAuth).
+tools:
+	@command -v tinyproxy >/dev/null || { \
+	  echo "installing Debian's tinyproxy-bin for the proxy tests"; \
+	  apt-get update -qq && apt-get install -y -qq tinyproxy-bin >/dev/null; }
+
 lint: venv
 	$(VENV)/bin/ruff check osquery_aws_logger tests
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint tools
 	$(PY) -m pytest
 
 demo: venv

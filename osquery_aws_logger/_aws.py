@@ -60,7 +60,7 @@ def _profile_credentials(profile: str, environ: Mapping[str, str]) -> Credential
     credentials_file, config_file = _shared_files(environ)
     for provider in (SharedCredentialProvider(credentials_file, profile),
                      ConfigProvider(config_file, profile,
-                                    botocore.configloader.raw_config_parse)):
+                                    botocore.configloader.load_config)):
         found = provider.load()
         if found is not None:
             return found
@@ -114,7 +114,7 @@ def resolve_credentials(settings: Settings, environ: Mapping[str, str]) -> Resol
     for name, load in credential_sources(settings, environ):
         try:
             found = load()
-        except (BotoCoreError, OSError, ValueError) as exc:
+        except (BotoCoreError, OSError, ValueError, KeyError) as exc:
             log.debug("credential source %s unusable: %s", name, type(exc).__name__)
             continue
         if found is not None and found.access_key and found.secret_key:

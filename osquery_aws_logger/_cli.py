@@ -79,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="osquery-aws-logger %(levelname)s %(name)s: %(message)s")
     # thrift logs every refused connect attempt and botocore every request; neither helps an
     # operator unless asked for.
+    # botocore's DEBUG lines carry request headers (session token) and proxy URLs (password):
+    # never below INFO, even with --verbose.
     for noisy in ("thrift", "botocore", "urllib3", "boto3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
     command_line = {spec.name: getattr(args, spec.name) for spec in OPTIONS
                     if getattr(args, spec.name) is not None}
     on_argv = sorted(name for name in SECRET_OPTIONS
