@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from osquery.extensions import Extension, ExtensionManager
+from osquery.extensions import ExtensionManager
 from osquery.extensions.ttypes import (
     ExtensionResponse,
     ExtensionStatus,
     InternalExtensionInfo,
 )
-from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
 from . import __version__
@@ -36,6 +36,7 @@ from ._errors import RegistrationError, SettingsError
 from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
+from ._wire import OK_RESPONSE, NeedMore, WireCodec, lenient_protocol
 
 log = logging.getLogger("osquery_aws_logger")
 
@@ -51,27 +52,15 @@ CONFLICT_TEXT: Final = "conflicts with another item of the same name"
 #: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
 FEATURE_LOGSTATUS: Final = 1
 
-_OK: Final = ExtensionStatus(code=0, message="OK")
+_OK: Final = OK_RESPONSE.status
 
 
 def _ok() -> Any:
-    return ExtensionResponse(status=_OK, response=[])
+    return OK_RESPONSE
 
 
 def _fail(message: str) -> Any:
     return ExtensionResponse(status=ExtensionStatus(code=1, message=message), response=[])
-
-
-class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
-    """Decodes strings without raising on bytes that are not UTF-8.
-
-    The stock protocol raises UnicodeDecodeError inside the generated reader, which answers
-    osqueryd with an exception, and an exception on a log call stops osqueryd's worker. Here a
-    bad byte survives as a surrogate escape and the line is counted and dropped later instead.
-    """
-
-    def readString(self) -> str:
-        return str(self.readBinary().decode("utf-8", "surrogateescape"))
 
 
 @dataclass
@@ -93,11 +82,22 @@ class LoggerPlugin:
 
     def _spool(self, kind: int, data: bytes) -> None:
         self.counters.accepted += 1
-        if self.spool.append(kind, data) and self.spool.pending_unread() >= self.batch_records:
+        waiting = self.spool.append(kind, data)
+        if waiting and waiting % self.batch_records == 0:
+            # Each full batch wakes the flusher once; waking it per line past the first batch
+            # would cost a loop turn per line while it is backing off.
             self.flusher_wake()
 
+    def log_bytes(self, line: bytes) -> None:
+        """A result or snapshot line as osqueryd sent it: spool it and return."""
+        try:
+            self._spool(KIND_RESULT, line)
+        except Exception:
+            self.counters.drop("spool_error")
+            log.exception("%s: could not spool a line", self.name)
+
     def log_line(self, line: str) -> None:
-        self._spool(KIND_RESULT, line.encode("utf-8", "surrogateescape"))
+        self.log_bytes(line.encode("utf-8", "surrogateescape"))
 
     def log_status(self, text: str) -> None:
         if not self.forwards_status():
@@ -163,6 +163,14 @@ class Handler:
     def ping(self) -> Any:
         return _OK
 
+    def log_line(self, item: str, line: bytes) -> bool:
+        """The fast path's log call: False when no plugin has that name."""
+        plugin = self.plugins.get(item)
+        if plugin is None:
+            return False
+        plugin.log_bytes(line)
+        return True
+
     def shutdown(self) -> Any:
         log.info("osqueryd asked the extension to shut down")
         self._on_shutdown()
@@ -181,59 +189,98 @@ class Server:
     """Serves the Extension service on a UNIX socket, one connection at a time.
 
     osqueryd opens a fresh connection for every call and closes it; serving them in turn on
-    one thread costs no thread start per call and keeps the spool writes in order.
+    one thread costs no thread start per call and keeps the spool writes in order. The bytes
+    are answered by WireCodec (a fast path for ping and log calls, the generated Processor for
+    the rest).
     """
 
-    ACCEPT_POLL_SECONDS: Final = 0.25
+    #: How long a blocked accept or read waits before the loop looks at the stop flag.
+    POLL_SECONDS: Final = 0.5
+    #: Silence after which a connection that has not finished its message is closed.
     IDLE_SECONDS: Final = 10.0
+    #: A message larger than this closes its connection (osquery's own lines are far smaller).
+    MAX_MESSAGE_BYTES: Final = 64 << 20
 
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
-        self._processor = Extension.Processor(handler)
+        self._codec = WireCodec(handler, handler.log_line)
         self._stop = threading.Event()
-        with_unlink = Path(path)
-        if with_unlink.exists():
-            with_unlink.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(128)
-        self._listener.settimeout(self.ACCEPT_POLL_SECONDS)
+        # A kernel timeout (SO_RCVTIMEO) instead of Python's socket timeout: Python's costs a
+        # poll() before every accept, read and write, and sockets accepted here inherit it.
+        # Every row costs two connections, so syscalls per connection are the price per row.
+        seconds = int(self.POLL_SECONDS)
+        micros = int((self.POLL_SECONDS - seconds) * 1_000_000)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                  struct.pack("ll", seconds, micros))
 
     def stop(self) -> None:
         self._stop.set()
 
     def serve(self) -> None:
+        # socket.accept() wraps each connection in a socket object (more syscalls and
+        # allocations); the low-level _accept() answers the bare descriptor.
+        accept = self._listener._accept  # type: ignore[attr-defined]
         try:
             while not self._stop.is_set():
                 try:
-                    connection, _ = self._listener.accept()
-                except TimeoutError:
+                    fd, _ = accept()
+                except (BlockingIOError, TimeoutError, InterruptedError):
                     continue
                 except OSError:
                     if self._stop.is_set():
                         break
                     raise
-                self._serve_connection(connection)
+                try:
+                    self._serve_connection(fd)
+                finally:
+                    os.close(fd)
         finally:
             self._listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
-    def _serve_connection(self, connection: socket.socket) -> None:
-        connection.settimeout(self.IDLE_SECONDS)
-        client = TSocket.TSocket()
-        client.setHandle(connection)
-        transport = TTransport.TBufferedTransport(client)
-        protocol = _LenientBinaryProtocol(transport)
+    def _serve_connection(self, fd: int) -> None:
+        pending = bytearray()
+        silent = 0.0
         try:
             while not self._stop.is_set():
-                self._processor.process(protocol, protocol)
-        except (TTransport.TTransportException, OSError, EOFError):
-            pass  # the peer closed, as osqueryd does after every call
-        except Exception:  # pragma: no cover - a malformed message must not end the server
+                try:
+                    data = os.read(fd, 1 << 16)
+                except (BlockingIOError, TimeoutError, InterruptedError):
+                    silent += self.POLL_SECONDS
+                    if silent >= self.IDLE_SECONDS:
+                        return
+                    continue
+                if not data:
+                    return  # the peer closed, as osqueryd does after every call
+                silent = 0.0
+                pending += data
+                while pending:
+                    try:
+                        reply, used = self._codec.answer(pending)
+                    except NeedMore:
+                        if len(pending) > self.MAX_MESSAGE_BYTES:
+                            log.warning("a message over %d bytes; connection closed",
+                                        self.MAX_MESSAGE_BYTES)
+                            return
+                        break
+                    _write_all(fd, reply)
+                    del pending[:used]
+        except OSError:
+            return
+        except Exception:  # a malformed message must not end the server
             log.exception("malformed Thrift message; connection closed")
-        finally:
-            transport.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class ManagerClient:
@@ -249,7 +296,7 @@ class ManagerClient:
         transport = TTransport.TBufferedTransport(sock)
         transport.open()
         try:
-            client = ExtensionManager.Client(_LenientBinaryProtocol(transport))
+            client = ExtensionManager.Client(lenient_protocol(transport))
             return getattr(client, method)(*args)
         finally:
             transport.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -43,6 +44,8 @@ log = logging.getLogger("osquery_aws_logger.flusher")
 
 #: Longest the loop sleeps: the spool's fsync interval bounds what a power loss can take.
 MAX_WAIT_SECONDS: Final = 1.0
+#: Longest a plugin that cannot ship (settings) waits before its settings are checked again.
+MAX_UNUSABLE_RECHECK: Final = 60.0
 #: How often a line of counters is logged while something waits or fails.
 REPORT_INTERVAL_SECONDS: Final = 60.0
 
@@ -150,9 +153,14 @@ class Channel:
         return now >= self.next_flush_at
 
     def wake_at(self, now: float) -> float:
+        """When this channel next needs the loop (infinity when nothing waits: the thrift side
+        wakes the loop once a full batch is waiting)."""
+        waiting = self.waiting()
+        if not waiting:
+            return math.inf
         if not self.backoff.ready(now):
             return self.backoff.retry_at
-        if self.waiting() >= self.service.limits.max_records:
+        if waiting >= self.service.limits.max_records:
             return now
         return self.next_flush_at
 
@@ -249,7 +257,9 @@ class Channel:
         else:
             self.backoff.succeeded()
             self._set_state("ok", "")
-        if not self.pending and not self.spool.pending_unread():
+        if self.waiting() < self.service.limits.max_records:
+            # The period's flush is done once no full batch is left: the remainder waits for
+            # the next period (or a full batch), instead of trickling out in tiny calls.
             self.next_flush_at = now + self.period
 
     def _call_failed(self, error: DeliveryError, clients: AwsClients, now: float,
@@ -390,11 +400,16 @@ class Flusher:
             channel.spool.sync()
         sent = False
         for channel in self.channels:
-            if channel.due(now, draining=stopping) and self._usable(channel):
-                if self._clients is None:
-                    self._clients = self._clients_factory(self._settings)
-                channel.flush_once(self._clients, now)
-                sent = True
+            if not channel.due(now, draining=stopping):
+                continue
+            if not self._usable(channel):
+                # Look again next period (or at once when new settings arrive).
+                channel.backoff.retry_at = now + min(channel.period, MAX_UNUSABLE_RECHECK)
+                continue
+            if self._clients is None:
+                self._clients = self._clients_factory(self._settings)
+            channel.flush_once(self._clients, now)
+            sent = True
         self._report(now)
         if sent:
             return False  # go round again at once: more may be due (draining a backlog)

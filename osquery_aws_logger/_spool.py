@@ -201,11 +201,14 @@ class Spool:
 
     # -- the thrift side ----------------------------------------------------------------------
 
-    def append(self, kind: int, data: bytes) -> bool:
-        """Write one record; answer whether it was kept. Never raises, never blocks on the network."""
+    def append(self, kind: int, data: bytes) -> int:
+        """Write one record; answer how many records wait unread (0 if this one was not kept).
+
+        Never raises, never blocks on the network.
+        """
         if len(data) > MAX_RECORD_BYTES:
             self._on_drop("oversize", 1)
-            return False
+            return 0
         record = HEADER.pack(len(data), zlib.crc32(data), kind, time.time()) + data
         with self._lock:
             try:
@@ -214,7 +217,7 @@ class Spool:
                 os.write(self._fd, record)
             except OSError:
                 self._on_drop("spool_error", 1)
-                return False
+                return 0
             segment = self._segments[-1]
             segment.count += 1
             segment.size += len(record)
@@ -223,7 +226,7 @@ class Spool:
             if not self._dirty_since:
                 self._dirty_since = time.monotonic()
             self._enforce_caps()
-        return True
+            return self._next_seq - self._read_seq
 
     def _needs_roll(self) -> bool:
         segment = self._segments[-1]

@@ -1,0 +1,191 @@
+"""The Extension service's two hot messages, decoded and answered straight from bytes.
+
+osqueryd makes two Thrift calls per result row (a ping, then the log call, each on a fresh
+connection), and osquery-python's generated code decodes them with the pure-Python binary
+protocol: most of a bare extension's cost per row. Here the strict binary encoding of `ping`
+and of `call(registry, item, map<string,string>)` is parsed with `struct` on the received
+bytes, and the usual answers are templates made once by the generated code itself (so they
+cannot drift from it) with the sequence id patched in. Every other message, or anything this
+parser does not expect, goes to the generated Processor unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from osquery.extensions import Extension
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
+from thrift.protocol import TBinaryProtocol
+from thrift.Thrift import TMessageType, TType
+from thrift.transport import TTransport
+
+_VERSION_1: Final = 0x80010000
+_CALL_HEADER: Final = struct.pack(">I", _VERSION_1 | TMessageType.CALL)
+_I32: Final = struct.Struct(">i")
+_FIELD: Final = struct.Struct(">bh")
+_MAP_HEADER: Final = struct.Struct(">bbi")
+#: A reply's sequence id sits after the version word and the 4-byte name ("ping"/"call").
+_SEQID_AT: Final = 4 + 4 + 4
+
+
+class NeedMore(Exception):
+    """The buffer ends inside a message: read more bytes and try again."""
+
+
+class _Unexpected(Exception):
+    """Not a shape the fast path knows: let the generated Processor answer it."""
+
+
+class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
+    """Decodes strings without raising on bytes that are not UTF-8.
+
+    The stock protocol raises UnicodeDecodeError inside the generated reader, which answers
+    osqueryd with an exception, and an exception on a log call stops osqueryd's worker. Here a
+    bad byte survives as a surrogate escape and the line is counted and dropped later instead.
+    """
+
+    def readString(self) -> str:
+        return str(self.readBinary().decode("utf-8", "surrogateescape"))
+
+
+def lenient_protocol(transport: Any) -> Any:
+    return _LenientBinaryProtocol(transport)
+
+
+def _reply(method: str, result: Any) -> bytes:
+    """The bytes the generated code writes for a REPLY of `method` with sequence id 0."""
+    buffer = TTransport.TMemoryBuffer()
+    protocol = TBinaryProtocol.TBinaryProtocol(buffer)
+    protocol.writeMessageBegin(method, TMessageType.REPLY, 0)
+    result.write(protocol)
+    protocol.writeMessageEnd()
+    return bytes(buffer.getvalue())
+
+
+def _with_seqid(template: bytes, seqid: bytes) -> bytes:
+    return template[:_SEQID_AT] + seqid + template[_SEQID_AT + 4:]
+
+
+OK_STATUS: Final = ExtensionStatus(code=0, message="OK")
+OK_RESPONSE: Final = ExtensionResponse(status=OK_STATUS, response=[])
+_PING_OK: Final = _reply("ping", Extension.ping_result(success=OK_STATUS))
+_CALL_OK: Final = _reply("call", Extension.call_result(success=OK_RESPONSE))
+
+#: Answers a logger call whose request carried a result line (string/snapshot) as raw bytes.
+LineSink = Callable[[str, bytes], bool]
+#: Answers any other call: (registry, item, request) -> ExtensionResponse.
+CallHandler = Callable[[str, str, dict[str, str]], Any]
+
+
+class WireCodec:
+    """Turns request bytes into reply bytes; one per server, used by its one thread."""
+
+    def __init__(self, handler: Any, log_line: LineSink) -> None:
+        self._processor = Extension.Processor(handler)
+        self._handler = handler
+        self._log_line = log_line
+
+    def answer(self, data: bytes | bytearray) -> tuple[bytes, int]:
+        """The reply to the first message in `data`, and how many bytes that message took.
+
+        Raises NeedMore when `data` holds only part of a message.
+        """
+        try:
+            return self._fast(data)
+        except _Unexpected:
+            return self._generated(data)
+        except (struct.error, IndexError):
+            raise NeedMore from None
+
+    def _fast(self, data: bytes | bytearray) -> tuple[bytes, int]:
+        view = memoryview(data)
+        if bytes(view[:4]) != _CALL_HEADER or len(view) < 12:
+            if len(view) < 12 and bytes(view[:len(view)]) == _CALL_HEADER[:len(view)]:
+                raise NeedMore
+            raise _Unexpected
+        (name_length,) = _I32.unpack_from(view, 4)
+        if name_length != 4:
+            raise _Unexpected
+        name = bytes(view[8:12])
+        seqid = bytes(view[12:16])
+        if len(seqid) < 4:
+            raise NeedMore
+        pos = 16
+        if name == b"ping":
+            if len(view) < pos + 1:
+                raise NeedMore
+            if view[pos] != TType.STOP:
+                raise _Unexpected
+            return _with_seqid(_PING_OK, seqid), pos + 1
+        if name != b"call":
+            raise _Unexpected
+        registry = item = None
+        request: dict[bytes, bytes] | None = None
+        while True:
+            if len(view) <= pos:
+                raise NeedMore
+            field_type = view[pos]
+            if field_type == TType.STOP:
+                pos += 1
+                break
+            field_type, field_id = _FIELD.unpack_from(view, pos)
+            pos += 3
+            if field_type == TType.STRING and field_id in (1, 2):
+                value, pos = _string(view, pos)
+                if field_id == 1:
+                    registry = value
+                else:
+                    item = value
+            elif field_type == TType.MAP and field_id == 3:
+                key_type, value_type, size = _MAP_HEADER.unpack_from(view, pos)
+                pos += 6
+                if key_type != TType.STRING or value_type != TType.STRING or size < 0:
+                    raise _Unexpected
+                request = {}
+                for _ in range(size):
+                    key, pos = _string(view, pos)
+                    request[key], pos = _string(view, pos)
+            else:
+                raise _Unexpected
+        if registry is None or item is None or request is None:
+            raise _Unexpected
+        if registry == b"logger" and len(request) <= 2:
+            line = request.get(b"string")
+            if line is None and len(request) == 1:
+                line = request.get(b"snapshot")
+            if line is not None and self._log_line(item.decode("utf-8", "surrogateescape"), line):
+                return _with_seqid(_CALL_OK, seqid), pos
+        decoded = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+                   for k, v in request.items()}
+        response = self._handler.call(registry.decode("utf-8", "surrogateescape"),
+                                      item.decode("utf-8", "surrogateescape"), decoded)
+        if response is OK_RESPONSE:
+            return _with_seqid(_CALL_OK, seqid), pos
+        return _with_seqid(_reply("call", Extension.call_result(success=response)), seqid), pos
+
+    def _generated(self, data: bytes | bytearray) -> tuple[bytes, int]:
+        """Anything else, through osquery-python's generated Processor."""
+        source = TTransport.TMemoryBuffer(bytes(data))
+        sink = TTransport.TMemoryBuffer()
+        try:
+            self._processor.process(lenient_protocol(source), TBinaryProtocol.TBinaryProtocol(sink))
+        except (TTransport.TTransportException, EOFError, struct.error) as exc:
+            if isinstance(exc, TTransport.TTransportException) and exc.type not in (
+                    TTransport.TTransportException.END_OF_FILE, TTransport.TTransportException.UNKNOWN):
+                raise
+            raise NeedMore from None
+        consumed = source._buffer.tell()
+        return bytes(sink.getvalue()), consumed
+
+
+def _string(view: memoryview, pos: int) -> tuple[bytes, int]:
+    (length,) = _I32.unpack_from(view, pos)
+    start = pos + 4
+    end = start + length
+    if length < 0:
+        raise _Unexpected
+    if end > len(view):
+        raise NeedMore
+    return bytes(view[start:end]), end

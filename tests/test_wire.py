@@ -1,0 +1,142 @@
+"""The fast Thrift path answers exactly what osquery-python's generated Processor would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from osquery.extensions import Extension
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
+from thrift.protocol import TBinaryProtocol
+from thrift.transport import TTransport
+
+from osquery_aws_logger._wire import OK_RESPONSE, NeedMore, WireCodec
+
+
+class Recorder:
+    """A handler that notes what reached it and answers like the extension does."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, bytes]] = []
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def ping(self) -> Any:
+        return ExtensionStatus(code=0, message="OK")
+
+    def shutdown(self) -> Any:
+        return ExtensionStatus(code=0, message="OK")
+
+    def call(self, registry: str, item: str, request: dict[str, str]) -> Any:
+        self.calls.append((registry, item, request))
+        if "string" in request or "snapshot" in request:
+            return OK_RESPONSE
+        return ExtensionResponse(status=ExtensionStatus(code=len(request), message="x"),
+                                 response=[{"k": "v"}])
+
+    def log_line(self, item: str, line: bytes) -> bool:
+        if item != "aws_kinesis":
+            return False
+        self.lines.append((item, line))
+        return True
+
+
+def request_bytes(method: str, *args: Any, seqid: int = 7) -> bytes:
+    """What osqueryd's client sends (strict binary protocol), via the generated client."""
+    buffer = TTransport.TMemoryBuffer()
+    client = Extension.Client(TBinaryProtocol.TBinaryProtocol(buffer))
+    client._seqid = seqid
+    getattr(client, f"send_{method}")(*args)
+    return bytes(buffer.getvalue())
+
+
+def generated_reply(data: bytes, handler: Any) -> bytes:
+    source, sink = TTransport.TMemoryBuffer(data), TTransport.TMemoryBuffer()
+    Extension.Processor(handler).process(TBinaryProtocol.TBinaryProtocol(source),
+                                         TBinaryProtocol.TBinaryProtocol(sink))
+    return bytes(sink.getvalue())
+
+
+def test_ping_is_answered_like_the_generated_code() -> None:
+    data = request_bytes("ping", seqid=12345)
+    reply, used = WireCodec(Recorder(), Recorder().log_line).answer(data)
+    assert used == len(data)
+    assert reply == generated_reply(data, Recorder())
+
+
+def test_a_log_line_reaches_the_sink_as_bytes_and_gets_the_ok_reply() -> None:
+    handler = Recorder()
+    data = request_bytes("call", "logger", "aws_kinesis", {"string": '{"a":1}', "category": "event"})
+    reply, used = WireCodec(handler, handler.log_line).answer(data)
+    assert handler.lines == [("aws_kinesis", b'{"a":1}')] and handler.calls == []
+    assert used == len(data)
+    assert reply == generated_reply(data, Recorder())
+
+
+def test_invalid_utf8_bytes_reach_the_spool_unchanged() -> None:
+    handler = Recorder()
+    raw = b'{"a":"\xff\xfe"}'
+    data = request_bytes("call", "logger", "aws_kinesis", {"string": "PLACEHOLDER"})
+    data = data.replace(b"\x00\x00\x00\x0bPLACEHOLDER", len(raw).to_bytes(4, "big") + raw)
+    WireCodec(handler, handler.log_line).answer(data)
+    assert handler.lines == [("aws_kinesis", raw)]
+
+
+def test_other_requests_go_to_the_handler_and_their_answers_match() -> None:
+    for request in ({"action": "features"}, {"init": "osqueryd"}, {"status": "true", "log": "[]"}):
+        handler = Recorder()
+        data = request_bytes("call", "logger", "aws_kinesis", request)
+        reply, _ = WireCodec(handler, handler.log_line).answer(data)
+        assert handler.calls == [("logger", "aws_kinesis", request)]
+        assert reply == generated_reply(data, Recorder())
+
+
+def test_unknown_plugins_and_methods_fall_back_to_the_generated_processor() -> None:
+    handler = Recorder()
+    data = request_bytes("call", "logger", "other_plugin", {"string": "x"})
+    reply, _ = WireCodec(handler, handler.log_line).answer(data)
+    assert reply == generated_reply(data, Recorder())
+    data = request_bytes("shutdown")
+    reply, used = WireCodec(handler, handler.log_line).answer(data)
+    assert used == len(data) and reply == generated_reply(data, Recorder())
+
+
+def test_every_truncation_asks_for_more_bytes() -> None:
+    handler = Recorder()
+    data = request_bytes("call", "logger", "aws_kinesis", {"string": "x" * 50})
+    codec = WireCodec(handler, handler.log_line)
+    for cut in range(len(data)):
+        with pytest.raises(NeedMore):
+            codec.answer(data[:cut])
+    assert handler.lines == []
+
+
+def test_two_messages_in_one_buffer_are_answered_one_at_a_time() -> None:
+    handler = Recorder()
+    first = request_bytes("ping", seqid=1)
+    second = request_bytes("call", "logger", "aws_kinesis", {"snapshot": "{}"}, seqid=2)
+    codec = WireCodec(handler, handler.log_line)
+    _, used = codec.answer(first + second)
+    assert used == len(first)
+    _, used = codec.answer(second)
+    assert used == len(second) and handler.lines == [("aws_kinesis", b"{}")]
+
+
+@given(item=st.sampled_from(["aws_kinesis", "aws_firehose", "x"]),
+       registry=st.sampled_from(["logger", "table", "config"]),
+       request=st.dictionaries(st.sampled_from(["string", "snapshot", "category", "status", "log",
+                                                "action", "init", "z"]), st.text(max_size=40),
+                               max_size=4),
+       seqid=st.integers(-(2**31), 2**31 - 1))
+def test_any_call_gets_the_same_reply_as_from_the_generated_code(
+        item: str, registry: str, request: dict[str, str], seqid: int) -> None:
+    data = request_bytes("call", registry, item, request, seqid=seqid)
+    fast = Recorder()
+    reply, used = WireCodec(fast, fast.log_line).answer(data)
+    assert used == len(data)
+    slow = Recorder()
+    expected = generated_reply(data, slow)
+    assert reply == expected
+    # The fast path only ever skips the handler for a log line it handed to the sink.
+    assert len(fast.calls) + len(fast.lines) == 1
