@@ -160,6 +160,9 @@ def client_config(settings: Settings, *, read_timeout: float) -> Config:
         read_timeout=read_timeout,
         proxies=proxies,
         tcp_keepalive=True,
+        # Requests are built by the flusher from checked records; validating each of 500
+        # records again on every call is a large share of botocore's cost per record.
+        parameter_validation=False,
         user_agent_extra="osquery-aws-logger",
     )
 
@@ -199,6 +202,7 @@ class AwsClients:
         self.assume_role_calls = 0
         self._refresh_at: float | None = None
         self._clients: dict[str, Any] = {}
+        self.regions: dict[str, str] = {}
         self._session: boto3.session.Session | None = None
         self._config = client_config(settings, read_timeout=read_timeout)
         self._last_logged_source = ""
@@ -219,6 +223,7 @@ class AwsClients:
             self._session = _session_with(self._credentials(now))
         endpoint = getattr(self.settings, f"aws_{service}_endpoint") or None
         region = service_region(service, self.settings, self.environ)
+        self.regions[service] = region
         client = self._session.client(service, region_name=region, endpoint_url=endpoint,
                                       config=self._config)
         self._clients[service] = client

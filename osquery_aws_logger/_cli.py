@@ -6,46 +6,23 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from . import __version__
+from ._commands import run_command
 from ._extension import ExtensionArgs, run
-from ._settings import OPTIONS, SECRET_OPTIONS, _parse_bool
+from ._flags import add_option_flags, expand_flagfiles
+from ._settings import OPTIONS, SECRET_OPTIONS
 
 DEFAULT_SOCKET = "/var/osquery/osquery.em"
-
-
-def _expand_flagfiles(argv: Sequence[str]) -> list[str]:
-    """Replace --flagfile=PATH (or --flagfile PATH) with the flags in that file, as gflags does.
-
-    A flag file keeps secrets out of the process listing, where command-line flags are visible.
-    """
-    out: list[str] = []
-    items = list(argv)
-    index = 0
-    while index < len(items):
-        item = items[index]
-        path = None
-        if item.startswith("--flagfile="):
-            path = item.split("=", 1)[1]
-        elif item == "--flagfile" and index + 1 < len(items):
-            index += 1
-            path = items[index]
-        if path is None:
-            out.append(item)
-        else:
-            for raw_line in Path(path).read_text().splitlines():
-                line = raw_line.strip()
-                if line and not line.startswith(("#", ";")):
-                    out.append(line)
-        index += 1
-    return out
+#: Subcommands for operators; without one the command runs the extension (osqueryd's argv).
+COMMANDS = ("status", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osquery-aws-logger",
-        description="osquery extension: the aws_kinesis and aws_firehose logger plugins.")
+        description="osquery extension: the aws_kinesis and aws_firehose logger plugins. "
+        "Operators: `osquery-aws-logger status` and `osquery-aws-logger check --help`.")
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help="osqueryd's extension manager socket (osqueryd passes it)")
     parser.add_argument("--timeout", type=float, default=3.0,
@@ -55,21 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log more (osqueryd passes it)")
     parser.add_argument("--flagfile", help="read more flags from this file, one per line")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    group = parser.add_argument_group(
-        "osquery options", "Each also comes from osqueryd's options (core flag or custom_ form); "
-        "a value given here wins.")
-    for spec in OPTIONS:
-        boolean = spec.parse is _parse_bool
-        group.add_argument(f"--{spec.name}", dest=spec.name, metavar="VALUE",
-                           nargs="?" if boolean else None, const="true" if boolean else None,
-                           help=f"{spec.help} (default: {spec.default or 'empty'})")
+    add_option_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] in COMMANDS:
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                            format="osquery-aws-logger %(levelname)s %(name)s: %(message)s")
+        for noisy in ("botocore", "urllib3", "boto3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return run_command(raw[0], raw[1:])
     try:
-        expanded = _expand_flagfiles(raw)
+        expanded = expand_flagfiles(raw)
     except OSError as exc:
         print(f"osquery-aws-logger: cannot read flag file: {exc}", file=sys.stderr)
         return 2

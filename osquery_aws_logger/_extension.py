@@ -36,6 +36,7 @@ from ._errors import RegistrationError, SettingsError
 from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
+from ._status import TABLE_NAME, StatusTable
 from ._wire import OK_RESPONSE, NeedMore, WireCodec, lenient_protocol
 
 log = logging.getLogger("osquery_aws_logger")
@@ -155,8 +156,9 @@ class Handler:
     """The Extension service osqueryd calls: ping, call and shutdown."""
 
     def __init__(self, plugins: dict[str, LoggerPlugin], on_init: Callable[[], None],
-                 on_shutdown: Callable[[], None]) -> None:
+                 on_shutdown: Callable[[], None], table: StatusTable | None = None) -> None:
         self.plugins = plugins
+        self.table = table
         self._on_init = on_init
         self._on_shutdown = on_shutdown
 
@@ -177,6 +179,12 @@ class Handler:
         return _OK
 
     def call(self, registry: str, item: str, request: dict[str, str]) -> Any:
+        if registry == "table" and item == TABLE_NAME and self.table is not None:
+            try:
+                return self.table.handle(request)
+            except Exception:
+                log.exception("%s: could not answer a query", TABLE_NAME)
+                return _fail(f"{TABLE_NAME}: internal error")
         plugin = self.plugins.get(item) if registry == "logger" else None
         if plugin is None:
             return _fail(f"no {registry} plugin named {item!r} in this extension")
@@ -324,7 +332,10 @@ class ManagerClient:
     def register(self, names: list[str]) -> int:
         info = InternalExtensionInfo(name=EXTENSION_NAME, version=__version__,
                                      sdk_version=SDK_VERSION, min_sdk_version=MIN_SDK_VERSION)
-        registry: dict[str, dict[str, list[Any]]] = {"logger": {name: [] for name in names}}
+        registry: dict[str, dict[str, list[Any]]] = {
+            "logger": {name: [] for name in names},
+            "table": {TABLE_NAME: StatusTable.routes()},
+        }
         status = self._call("registerExtension", info, registry)
         if status.code != 0:
             raise RegistrationError(status.message or "refused",
@@ -422,7 +433,7 @@ class LoggerExtension:
                 name, service, channel.spool, channel.counters, self.flusher.wake,
                 lambda: self._version, lambda: self.settings, host)
         self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
-            self.plugins, self._reread.set, self.stopping.set))
+            self.plugins, self._reread.set, self.stopping.set, StatusTable(self.flusher.rows)))
         self.flusher.start()
         threading.Thread(target=self._watch, name="aws-logger-watcher", daemon=True).start()
         log.info("registered extension %s %s (uuid %d) with logger plugins %s; serving on %s",

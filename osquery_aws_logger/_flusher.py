@@ -39,6 +39,7 @@ from ._errors import DeliveryError
 from ._retry import EXPIRED_CODES, Backoff, is_retriable, is_throttling
 from ._settings import Settings
 from ._spool import KIND_STATUS, Spool
+from ._status import channel_row, write_state
 
 log = logging.getLogger("osquery_aws_logger.flusher")
 
@@ -46,6 +47,10 @@ log = logging.getLogger("osquery_aws_logger.flusher")
 MAX_WAIT_SECONDS: Final = 1.0
 #: Longest a plugin that cannot ship (settings) waits before its settings are checked again.
 MAX_UNUSABLE_RECHECK: Final = 60.0
+#: How often each plugin's figures are written beside its spool (for `status`).
+STATE_INTERVAL_SECONDS: Final = 5.0
+#: At most one health line (state change) per plugin per this many seconds.
+HEALTH_LOG_INTERVAL_SECONDS: Final = 10.0
 #: How often a line of counters is logged while something waits or fails.
 REPORT_INTERVAL_SECONDS: Final = 60.0
 
@@ -132,7 +137,7 @@ class Channel:
         self._finished: set[int] = set()  # of those, delivered or dropped for good
         self.next_flush_at = time.monotonic() + self.period
         self._last_error_code = ""
-        self._logs = _RateLimit(10.0)
+        self._logs = _RateLimit(HEALTH_LOG_INTERVAL_SECONDS)
 
     @property
     def period(self) -> float:
@@ -284,10 +289,14 @@ class Channel:
         code = message.split(":", 1)[0]
         if message:
             counters.record_error(message)
-        if changed or (state != "ok" and code != self._last_error_code):
-            # One line per change of state or of error, not one per retry.
+        if (changed or (state != "ok" and code != self._last_error_code)) and self._logs.allow(
+                "health", time.monotonic()):
+            # One line per change of state or of error, not one per retry, and at most one
+            # per HEALTH_LOG_INTERVAL_SECONDS while it flaps.
             level = logging.INFO if state == "ok" else logging.WARNING
-            log.log(level, "%s: %s%s", self.plugin, state, f": {message}" if message else "")
+            more = self._logs.suppressed.pop("health", 0)
+            log.log(level, "%s: %s%s%s", self.plugin, state, f": {message}" if message else "",
+                    f" ({more} changes since the last such line)" if more else "")
         self._last_error_code = code if state != "ok" else ""
         counters.state = state
 
@@ -322,6 +331,7 @@ class Flusher:
         self._stop_deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="aws-logger-flusher", daemon=True)
         self._next_report = time.monotonic() + REPORT_INTERVAL_SECONDS
+        self._next_state = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -346,6 +356,7 @@ class Flusher:
         self._wake.set()
         self._thread.join(timeout + 0.5)
         drained = not self._thread.is_alive() and not any(c.waiting() for c in self.channels)
+        self.write_states()
         for channel in self.channels:
             channel.spool.close()
         return drained
@@ -408,7 +419,11 @@ class Flusher:
                 continue
             if self._clients is None:
                 self._clients = self._clients_factory(self._settings)
+            before = channel.counters.state
             channel.flush_once(self._clients, now)
+            if channel.counters.state != before:
+                # A change of health is on disk at once, for `status` after a crash.
+                self._next_state = now
             sent = True
         self._report(now)
         if sent:
@@ -423,7 +438,24 @@ class Flusher:
     def _work_left(self) -> bool:
         return any(c.waiting() and self._usable(c) for c in self.channels)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The aws_logger_status rows: read by the thrift side, never touching the network."""
+        rows = []
+        for channel in self.channels:
+            row = channel_row(channel, self._clients)
+            if self._problems or channel.settings.stream_problem(channel.service.name):
+                row["state"] = "disabled"
+            rows.append(row)
+        return rows
+
+    def write_states(self) -> None:
+        for channel, row in zip(self.channels, self.rows(), strict=True):
+            write_state(channel.spool.directory, row)
+
     def _report(self, now: float) -> None:
+        if now >= self._next_state:
+            self._next_state = now + STATE_INTERVAL_SECONDS
+            self.write_states()
         if now < self._next_report:
             return
         self._next_report = now + REPORT_INTERVAL_SECONDS

@@ -392,3 +392,43 @@ class Spool:
                     os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
+    """Records waiting, bytes held and the oldest waiting record's time, without changing
+    anything (for `osquery-aws-logger status` while the extension may be running)."""
+    acked = 0
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        acked = int((directory / ACKED_FILE).read_text().strip() or 0)
+    segments = []
+    for path in directory.glob("*" + SEGMENT_SUFFIX):
+        with contextlib.suppress(ValueError, OSError):
+            segments.append((int(path.stem), path, path.stat().st_size))
+    segments.sort()
+    if not segments:
+        return 0, 0, None
+    size = sum(s for _, _, s in segments)
+    last_first, last_path, _ = segments[-1]
+    last_count = 0
+    with contextlib.suppress(OSError):
+        data = last_path.read_bytes()
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            length = HEADER.unpack_from(data, offset)[0]
+            if offset + HEADER.size + length > len(data):
+                break
+            offset += HEADER.size + length
+            last_count += 1
+    first_waiting = max(acked + 1, segments[0][0])
+    records = max(0, last_first + last_count - first_waiting)
+    oldest = None
+    if records:
+        for index, (first, path, seg_size) in enumerate(segments):
+            end = segments[index + 1][0] if index + 1 < len(segments) else last_first + last_count
+            if first_waiting < end:
+                with contextlib.suppress(OSError):
+                    found, _, _, _ = _read_segment(path, -1, seg_size, max(first_waiting, first),
+                                                   first, limit=1)
+                    oldest = found[0].accepted_at if found else None
+                break
+    return records, size, oldest

@@ -1,0 +1,162 @@
+"""Health in osquery's terms: the aws_logger_status table, the state file, and `status`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
+
+from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
+
+if TYPE_CHECKING:
+    from ._flusher import Channel
+
+TABLE_NAME: Final = "aws_logger_status"
+STATE_FILE: Final = "state.json"
+
+#: (column, osquery type, meaning): the table's schema, and the README's table.
+COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("plugin", "TEXT", "registered logger plugin name"),
+    ("service", "TEXT", "kinesis or firehose"),
+    ("stream", "TEXT", "stream or delivery stream name"),
+    ("endpoint", "TEXT", "custom endpoint URL, empty for AWS's own"),
+    ("region", "TEXT", "region the client uses"),
+    ("state", "TEXT", "ok, retrying, throttled, failing or disabled"),
+    ("accepted", "BIGINT", "records taken from osqueryd since start"),
+    ("delivered", "BIGINT", "records AWS accepted since start"),
+    ("retried", "BIGINT", "records sent again after a failure"),
+    ("throttled", "BIGINT", "records refused for throughput"),
+    ("put_calls", "BIGINT", "PutRecords/PutRecordBatch calls made"),
+    ("dropped", "BIGINT", "records dropped, all reasons"),
+    ("dropped_oversize", "BIGINT", "over the service's record limit"),
+    ("dropped_cap", "BIGINT", "oldest dropped past buffered_log_max or the byte cap"),
+    ("dropped_invalid", "BIGINT", "not JSON or not UTF-8"),
+    ("dropped_other", "BIGINT", "spool write errors and corrupt records"),
+    ("spool_records", "BIGINT", "records waiting in the spool"),
+    ("spool_bytes", "BIGINT", "bytes the spool holds"),
+    ("oldest_age_seconds", "BIGINT", "age of the oldest undelivered record"),
+    ("last_success", "BIGINT", "unix time of the last delivery, 0 if none"),
+    ("last_error", "TEXT", "the last error (no secrets)"),
+    ("last_error_time", "BIGINT", "unix time of the last error, 0 if none"),
+    ("credential_source", "TEXT", "where the AWS credentials came from"),
+    ("credential_expires", "BIGINT", "unix time the assumed-role credentials expire, 0 if n/a"),
+    ("updated", "BIGINT", "unix time these figures were taken"),
+)
+COLUMN_NAMES: Final = tuple(name for name, _, _ in COLUMNS)
+#: States that make `osquery-aws-logger status` exit non-zero.
+UNHEALTHY_STATES: Final = frozenset({"retrying", "failing"})
+#: Waiting this long undelivered makes a plugin unhealthy whatever its state says.
+STALE_SECONDS: Final = 900
+
+
+def channel_row(channel: Channel, clients: Any) -> dict[str, Any]:
+    """The figures of one plugin, read from memory and the spool's own bookkeeping only."""
+    counters = channel.counters
+    dropped = dict(counters.dropped)
+    records, size = channel.spool.depth()
+    oldest = channel.spool.oldest_accepted_at() if records else None
+    now = time.time()
+    service = channel.service.name
+    settings = channel.settings
+    return {
+        "plugin": channel.plugin,
+        "service": service,
+        "stream": channel.stream,
+        "endpoint": getattr(settings, f"aws_{service}_endpoint"),
+        "region": clients.regions.get(service, "") if clients else "",
+        "state": counters.state,
+        "accepted": counters.accepted,
+        "delivered": counters.delivered,
+        "retried": counters.retried,
+        "throttled": counters.throttled,
+        "put_calls": counters.put_calls,
+        "dropped": sum(dropped.values()),
+        "dropped_oversize": dropped["oversize"],
+        "dropped_cap": dropped["cap_records"] + dropped["cap_bytes"],
+        "dropped_invalid": dropped["not_json"] + dropped["invalid_utf8"],
+        "dropped_other": dropped["spool_error"] + dropped["corrupt"],
+        "spool_records": records,
+        "spool_bytes": size,
+        "oldest_age_seconds": int(now - oldest) if oldest else 0,
+        "last_success": int(counters.last_success),
+        "last_error": counters.last_error,
+        "last_error_time": int(counters.last_error_at),
+        "credential_source": getattr(clients, "credential_source", "") if clients else "",
+        "credential_expires": int(getattr(clients, "expires_at", 0) or 0) if clients else 0,
+        "updated": int(now),
+    }
+
+
+def _text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
+class StatusTable:
+    """The table plugin osqueryd queries: one row per logger plugin, never a network call."""
+
+    def __init__(self, rows: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self._rows = rows
+
+    @staticmethod
+    def routes() -> list[dict[str, str]]:
+        return [{"id": "column", "name": name, "type": kind, "op": "0"}
+                for name, kind, _ in COLUMNS]
+
+    def handle(self, request: dict[str, str]) -> Any:
+        action = request.get("action")
+        if action == "generate":
+            rows = [{k: _text(v) for k, v in row.items()} for row in self._rows()]
+            return ExtensionResponse(status=ExtensionStatus(code=0, message="OK"), response=rows)
+        if action == "columns":
+            return ExtensionResponse(status=ExtensionStatus(code=0, message="OK"),
+                                     response=self.routes())
+        return ExtensionResponse(status=ExtensionStatus(code=1, message="unknown table action"),
+                                 response=[])
+
+
+def write_state(directory: Path, row: dict[str, Any]) -> None:
+    """Keep the latest figures beside the spool, for `status` when osqueryd is down."""
+    path = directory / STATE_FILE
+    tmp = directory / (STATE_FILE + ".tmp")
+    with contextlib.suppress(OSError):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({**row, "pid": os.getpid()}, handle, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Each plugin's last figures from disk, with the spool's depth read afresh (read-only)."""
+    now = time.time() if now is None else now
+    rows = []
+    for directory in sorted(p for p in spool_dir.iterdir() if p.is_dir()) if spool_dir.is_dir() else []:
+        if not any(directory.glob("*" + SEGMENT_SUFFIX)) and not (directory / STATE_FILE).exists() \
+                and not (directory / ACKED_FILE).exists():
+            continue
+        row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
+        with contextlib.suppress(OSError, ValueError):
+            row.update(json.loads((directory / STATE_FILE).read_text()))
+        records, size, oldest = inspect_spool(directory)
+        row["service"] = row.get("service") or directory.name
+        row["plugin"] = row.get("plugin") or f"aws_{directory.name}"
+        row["spool_records"], row["spool_bytes"] = records, size
+        row["oldest_age_seconds"] = int(now - oldest) if oldest else 0
+        row["state"] = row.get("state") or "unknown"
+        row["healthy"] = healthy(row)
+        rows.append(row)
+    return rows
+
+
+def healthy(row: dict[str, Any]) -> bool:
+    """Whether a plugin is shipping: not failing, and nothing waits longer than STALE_SECONDS."""
+    if row.get("state") in UNHEALTHY_STATES:
+        return False
+    if row.get("state") == "disabled" and int(row.get("spool_records") or 0):
+        return False
+    return int(row.get("oldest_age_seconds") or 0) < STALE_SECONDS
