@@ -46,7 +46,8 @@ def _parse_positive(text: str) -> int:
 
 
 def _parse_port(text: str) -> int | None:
-    if not text.strip():
+    # osquery defines FLAG(uint32, aws_proxy_port, 0): a stock osqueryd reports 0 when unset.
+    if not text.strip() or text.strip() == "0":
         return None
     value = int(text.strip())
     if not 1 <= value <= 65535:

@@ -289,3 +289,19 @@ def test_batches_respect_the_call_size_limits(
     assert max(sizes["PutRecordBatch"]) > 3 * 1024 * 1024, "batches are filled, not timid"
     for service in SERVICES:
         assert Counter(indices(delivered(aws, service))) == Counter(range(600))
+
+
+def test_a_stock_build_with_every_aws_flag_at_its_default_ships_through_the_ext_names(
+        tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
+    # Stock osqueryd reports every aws_* core flag, most at osquery's defaults (the proxy port
+    # at 0); the seed's options arrive as those core flags.
+    with extension_factory(tmp_path, options=aws.options(), builtin_aws=True) as ext:
+        assert ext.plugins == {"kinesis": "aws_kinesis_ext", "firehose": "aws_firehose_ext"}
+        options = ext.standin._options()
+        assert options["aws_proxy_port"].value == "0"
+        for line in result_lines(ext.standin, 5):
+            for service in SERVICES:
+                ext.log(service, line)
+        for service in SERVICES:
+            assert sorted(indices(wait_delivered(aws, service, 5))) == list(range(5))
+        assert "settings unusable" not in ext.stderr()

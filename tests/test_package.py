@@ -381,10 +381,6 @@ def test_packaged_ext_takes_the_ext_names_on_a_stock_build(
     assert "--logger_plugin=aws_kinesis_ext,aws_firehose_ext" in ext.stderr()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "osquery defines FLAG(uint32, aws_proxy_port, 0) (osquery/utils/aws/aws_util.cpp), so a stock "
-    "osqueryd reports aws_proxy_port=0 and the extension refuses its settings: "
-    "\"aws_proxy_port='0': expected a port number 1-65535\", nothing ships"))
 def test_packaged_ext_ships_on_a_stock_build(
         tmp_path: Path, packaged_ext: Path, launch: Callable[..., Launched],
         moto_server: MotoServer) -> None:
