@@ -31,11 +31,17 @@ FIREHOSE_LIMITS: Final = ServiceLimits("firehose", 500, 4 * 1024 * 1024, 1000 * 
 
 @dataclass(slots=True)
 class Entry:
-    """A record ready to send: its spool sequence number, payload and partition key."""
+    """A record ready to send: the spool sequence numbers of the rows in it, its payload, its
+    partition key (Kinesis) and the stream it goes to."""
 
-    seq: int
+    seqs: tuple[int, ...]
     data: bytes
     partition_key: str = ""
+    stream: str = ""
+
+    @property
+    def rows(self) -> int:
+        return len(self.seqs)
 
     def size(self) -> int:
         # Kinesis counts the partition key's UTF-8 bytes against the record and the call.
@@ -52,6 +58,24 @@ class Unshippable(ValueError):
 
 
 _RESULT_PREFIX: Final = b'{"log_type":"result",'
+
+
+def with_fields(record: bytes, fields: dict[str, str]) -> bytes:
+    """`record` (a JSON object with at least one member) with `fields` added first."""
+    if not fields:
+        return record
+    head = json.dumps(fields, separators=(",", ":")).encode()
+    return head[:-1] + b"," + record[1:]
+
+
+def record_id(parsed: dict[str, object], seq: int, host: str) -> str:
+    """A stable id for one row: host, query name, epoch, counter and its spool position.
+
+    The position is fixed when the row is spooled, so every resend carries the same id and a
+    consumer can drop the duplicates that at-least-once delivery creates.
+    """
+    name = parsed.get("name") or ("status" if parsed.get("log_type") == "status" else "")
+    return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{seq}"
 
 
 def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ._aggregate import FirehosePack, KplAggregate
 from ._aws import AwsClients
 from ._batching import (
     FIREHOSE_LIMITS,
@@ -32,7 +33,9 @@ from ._batching import (
     batch_length,
     oversize,
     partition_key,
+    record_id,
     result_record,
+    with_fields,
 )
 from ._counters import PluginCounters
 from ._errors import DeliveryError
@@ -120,8 +123,29 @@ class _RateLimit:
         return False
 
 
+class _Open:
+    """An aggregate or pack being filled, and the spool sequence numbers of its rows."""
+
+    def __init__(self, slot: tuple[str, str], builder: KplAggregate | FirehosePack, key: str,
+                 stream: str) -> None:
+        self.slot = slot
+        self.builder = builder
+        self.key = key
+        self.stream = stream
+        self.seqs: list[int] = []
+        self.row_bytes = 0
+
+    def entry(self) -> Entry:
+        return Entry(tuple(self.seqs), self.builder.data(), self.key, self.stream)
+
+
 class Channel:
-    """One logger plugin's delivery state. Only the flusher thread touches it after start."""
+    """One logger plugin's delivery state. Only the flusher thread touches it after start.
+
+    Rows read from the spool become entries queued per destination stream: one row each, or
+    many in a KPL aggregate (Kinesis) or a newline pack (Firehose) when those are on. A row is
+    acknowledged to the spool once it is delivered or dropped for good, in spool order.
+    """
 
     def __init__(self, plugin: str, service: Service, spool: Spool, counters: PluginCounters,
                  settings: Settings, *, host_identifier: str) -> None:
@@ -132,7 +156,10 @@ class Channel:
         self.host_identifier = host_identifier
         self.backoff = Backoff()
         self.settings = settings
-        self.pending: deque[Entry] = deque()
+        self.pending: dict[str, deque[Entry]] = {}
+        self._open: dict[tuple[str, str], _Open] = {}
+        self._pending_rows = 0  # rows in pending entries and open aggregates
+        self._pending_bytes = 0
         self._outstanding: deque[int] = deque()  # sequence numbers read, in spool order
         self._finished: set[int] = set()  # of those, delivered or dropped for good
         self.next_flush_at = time.monotonic() + self.period
@@ -148,7 +175,8 @@ class Channel:
         return str(getattr(self.settings, f"aws_{self.service.name}_stream"))
 
     def waiting(self) -> int:
-        return len(self.pending) + self.spool.pending_unread()
+        """Rows accepted and not yet delivered or dropped (read or not)."""
+        return self._pending_rows + self.spool.pending_unread()
 
     def due(self, now: float, *, draining: bool) -> bool:
         if not self.backoff.ready(now) or not self.waiting():
@@ -169,40 +197,122 @@ class Channel:
             return now
         return self.next_flush_at
 
+    def reshape(self) -> None:
+        """Forget what was read and read it again: new settings may route, key or pack it
+        differently. Rows delivered behind an undelivered one may go twice (at least once)."""
+        self.pending.clear()
+        self._open.clear()
+        self._outstanding.clear()
+        self._finished.clear()
+        self._pending_rows = self._pending_bytes = 0
+        self.spool.rewind()
+
     # -- reading and shaping ------------------------------------------------------------------
 
-    def _fill(self) -> None:
-        """Read from the spool until a full batch is pending (or the spool is empty)."""
+    def _enough_read(self) -> bool:
         limits = self.service.limits
-        while len(self.pending) < limits.max_records:
-            records = self.spool.read(limits.max_records - len(self.pending))
+        entries = sum(len(queue) for queue in self.pending.values()) + len(self._open)
+        return entries >= limits.max_records or self._pending_bytes >= limits.max_call_bytes
+
+    def _fill(self) -> None:
+        """Read from the spool until a call's worth is pending (or the spool is empty)."""
+        while not self._enough_read():
+            records = self.spool.read(self.service.limits.max_records)
             if not records:
                 return
             for record in records:
                 self._outstanding.append(record.seq)
-                try:
-                    entry = self._entry(record.seq, record.kind, record.data)
-                except Unshippable as exc:
-                    self._drop(record.seq, exc.reason, exc.detail)
-                    continue
-                if oversize(entry, limits):
-                    self._drop(record.seq, "oversize",
-                               f"{entry.size()} bytes over the {limits.max_record_bytes}-byte "
-                               f"{limits.service} record limit, query {_query_name(record.data)}")
-                    continue
-                self.pending.append(entry)
+                self._shape(record.seq, record.kind, record.data)
 
-    def _entry(self, seq: int, kind: int, data: bytes) -> Entry:
+    def _shape(self, seq: int, kind: int, data: bytes) -> None:
+        settings = self.settings
+        limits = self.service.limits
+        try:
+            if kind == KIND_STATUS:
+                record, parsed = data, _status_fields(data)
+            else:
+                record, parsed = result_record(data)
+        except Unshippable as exc:
+            self._drop(seq, exc.reason, exc.detail)
+            return
+        host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
+        if settings.aws_logger_record_ids:
+            record = with_fields(record, {"log_id": record_id(parsed, seq, host)})
+        row = record + limits.record_suffix
+        stream = self._route(kind, str(parsed.get("name") or ""))
+        key = partition_key(host, random_key=settings.aws_kinesis_random_partition_key) \
+            if limits.uses_partition_key else ""
+        single = Entry((seq,), row, key, stream)
+        if oversize(single, limits):
+            self._drop(seq, "oversize",
+                       f"{single.size()} bytes over the {limits.max_record_bytes}-byte "
+                       f"{limits.service} record limit, query {parsed.get('name', '?')}")
+            return
+        builder = self._builder_for(stream, key, row)
+        if builder is None:
+            self._queue(single)
+            return
+        if not builder.builder.add(row):
+            self._close(builder)
+            builder = self._builder_for(stream, key, row)
+            assert builder is not None
+            builder.builder.add(row)
+        builder.seqs.append(seq)
+        builder.row_bytes += len(row)
+        self._pending_rows += 1
+        self._pending_bytes += len(row)
+
+    def _route(self, kind: int, name: str) -> str:
+        """The stream a row goes to: a route naming its query (or pack prefix), the status
+        stream for status logs, else the plugin's stream."""
+        service = self.service.name
         if kind == KIND_STATUS:
-            record, host = data, _status_host(data)
+            return str(getattr(self.settings, f"aws_{service}_status_stream")) or self.stream
+        for stream, names in getattr(self.settings, f"aws_{service}_routes"):
+            for pattern in names:
+                if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+                    return str(stream)
+        return self.stream
+
+    def _builder_for(self, stream: str, key: str, row: bytes) -> _Open | None:
+        """The open aggregate this row joins, or None to send it on its own."""
+        settings = self.settings
+        limits = self.service.limits
+        if limits.uses_partition_key:
+            if not settings.aws_kinesis_aggregate:
+                return None
+            if len(row) + len(key.encode()) + 64 > limits.max_record_bytes:
+                return None  # too big to wrap; KPL consumers take plain records too
+            slot = (stream, "" if settings.aws_kinesis_random_partition_key else key)
+            if slot not in self._open:
+                aggregate = KplAggregate(key, limits.max_record_bytes)
+                self._open[slot] = _Open(slot, aggregate, key, stream)
         else:
-            record, parsed = result_record(data)
-            host = str(parsed.get("hostIdentifier") or "")
-        key = ""
-        if self.service.limits.uses_partition_key:
-            key = partition_key(host or self.host_identifier,
-                                random_key=self.settings.aws_kinesis_random_partition_key)
-        return Entry(seq, record + self.service.limits.record_suffix, key)
+            if not settings.aws_firehose_pack:
+                return None
+            slot = (stream, "")
+            if slot not in self._open:
+                pack = FirehosePack(limits.max_record_bytes,
+                                    compress=settings.aws_firehose_compression == "gzip")
+                self._open[slot] = _Open(slot, pack, "", stream)
+        return self._open[slot]
+
+    def _close(self, builder: _Open) -> None:
+        del self._open[builder.slot]
+        if builder.seqs:
+            entry = builder.entry()
+            self.pending.setdefault(entry.stream, deque()).append(entry)
+            # Its rows were counted as they were added; its bytes are now the record's own.
+            self._pending_bytes += len(entry.data) - builder.row_bytes
+
+    def _close_all(self) -> None:
+        for builder in list(self._open.values()):
+            self._close(builder)
+
+    def _queue(self, entry: Entry) -> None:
+        self.pending.setdefault(entry.stream, deque()).append(entry)
+        self._pending_rows += entry.rows
+        self._pending_bytes += len(entry.data)
 
     def _drop(self, seq: int, reason: str, detail: str) -> None:
         self.counters.drop(reason)
@@ -222,38 +332,52 @@ class Channel:
 
     # -- sending ------------------------------------------------------------------------------
 
+    def _next_stream(self) -> str | None:
+        """The stream whose next entry holds the oldest row, so order is kept where it can be."""
+        heads = [(queue[0].seqs[0], stream) for stream, queue in self.pending.items() if queue]
+        return min(heads)[1] if heads else None
+
     def flush_once(self, clients: AwsClients | None, now: float) -> None:
-        """Send at most one put call's worth of records."""
+        """Send at most one put call's worth of records, to one stream."""
         self._fill()
+        self._close_all()  # what was read goes out now, aggregates as full as they got
         self._acknowledge()  # drops above may complete a prefix
-        if not self.pending:
+        stream = self._next_stream()
+        if stream is None:
             self.next_flush_at = now + self.period
             return
         if clients is None:
             return
-        count = batch_length(self.pending, self.service.limits)
-        batch = [self.pending[i] for i in range(count)]
+        queue = self.pending[stream]
+        count = batch_length(queue, self.service.limits)
+        batch = [queue[i] for i in range(count)]
+        rows = sum(entry.rows for entry in batch)
         self.counters.put_calls += 1
         try:
-            codes = self.service.put(clients.client(self.service.name), self.stream, batch)
+            codes = self.service.put(clients.client(self.service.name), stream, batch)
         except Exception as exc:
-            self._call_failed(delivery_error(exc), clients, now, count)
+            self._call_failed(delivery_error(exc), clients, now, rows)
             return
         failed = [entry for entry, code in zip(batch, codes, strict=True) if code]
         for _ in range(count):
-            self.pending.popleft()
-        self.pending.extendleft(reversed(failed))  # only the failed entries go again, in order
-        delivered = count - len(failed)
-        self.counters.delivered += delivered
+            queue.popleft()
+        queue.extendleft(reversed(failed))  # only the failed entries go again, in order
+        delivered = 0
         for entry, code in zip(batch, codes, strict=True):
             if not code:
-                self._finished.add(entry.seq)
+                self._finished.update(entry.seqs)
+                delivered += entry.rows
+                self._pending_rows -= entry.rows
+                self._pending_bytes -= len(entry.data)
+        self.counters.delivered += delivered
         self._acknowledge()
         if delivered:
             self.counters.last_success = time.time()
         if failed:
-            throttled = sum(1 for code in codes if code and is_throttling(code))
-            self.counters.retried += len(failed)
+            failed_rows = sum(entry.rows for entry in failed)
+            throttled = sum(entry.rows for entry, code in zip(batch, codes, strict=True)
+                            if code and is_throttling(code))
+            self.counters.retried += failed_rows
             self.counters.throttled += throttled
             self.backoff.failed(now)
             self._set_state("throttled" if throttled else "retrying",
@@ -301,18 +425,15 @@ class Channel:
         counters.state = state
 
 
-def _query_name(data: bytes) -> str:
+def _status_fields(data: bytes) -> dict[str, object]:
+    """A status record's own fields (we wrote it, so it parses; but never trust a disk)."""
     try:
-        return str(json.loads(data).get("name", "?"))
-    except (ValueError, AttributeError):
-        return "?"
-
-
-def _status_host(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("hostIdentifier") or "")
-    except (ValueError, AttributeError):
-        return ""
+        parsed = json.loads(data)
+    except ValueError:
+        raise Unshippable("not_json", "a spooled status record") from None
+    if not isinstance(parsed, dict):
+        raise Unshippable("not_json", "a spooled status record")
+    return parsed
 
 
 class Flusher:
@@ -372,6 +493,7 @@ class Flusher:
             self._clients = None  # rebuilt with the new credentials, endpoints and proxy
             for channel in self.channels:
                 channel.settings = settings
+                channel.reshape()
                 channel.backoff.succeeded()
                 channel.next_flush_at = min(channel.next_flush_at,
                                             time.monotonic() + channel.period)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -88,6 +89,33 @@ def _parse_str(text: str) -> str:
     return text.strip()
 
 
+Routes = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _parse_routes(text: str) -> Routes:
+    """A JSON object {"stream": ["query name", "pack_name_*", ...]} like osquery's kafka_topics."""
+    if not text.strip():
+        return ()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise ValueError('expected JSON like {"stream": ["query_name", "pack_x_*"]}') from None
+    if not isinstance(document, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, list) and all(isinstance(n, str) and n for n in v)
+            for k, v in document.items()):
+        raise ValueError('expected JSON like {"stream": ["query_name", "pack_x_*"]}')
+    return tuple((stream, tuple(names)) for stream, names in document.items())
+
+
+def _parse_compression(text: str) -> str:
+    value = text.strip().lower()
+    if value in ("", "none"):
+        return ""
+    if value != "gzip":
+        raise ValueError("expected gzip or none")
+    return value
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One option: its osquery name, default (as osquery writes it) and parser."""
@@ -144,6 +172,25 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_logger_plugin_suffix", "", _parse_suffix,
                "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>",
                osquery=False),
+    OptionSpec("aws_kinesis_aggregate", "false", _parse_bool,
+               "Pack rows into KPL aggregated records (one partition key each)", osquery=False),
+    OptionSpec("aws_firehose_pack", "false", _parse_bool,
+               "Pack several newline-terminated rows into each Firehose record", osquery=False),
+    OptionSpec("aws_firehose_compression", "", _parse_compression,
+               "gzip each packed Firehose record (plain S3 destinations only)", osquery=False),
+    OptionSpec("aws_kinesis_routes", "", _parse_routes,
+               'Send chosen queries to other streams: {"stream": ["query", "pack_x_*"]}',
+               osquery=False),
+    OptionSpec("aws_firehose_routes", "", _parse_routes,
+               'Send chosen queries to other delivery streams: {"stream": ["query", ...]}',
+               osquery=False),
+    OptionSpec("aws_kinesis_status_stream", "", _parse_str,
+               "Stream for status logs (default: aws_kinesis_stream)", osquery=False),
+    OptionSpec("aws_firehose_status_stream", "", _parse_str,
+               "Delivery stream for status logs (default: aws_firehose_stream)", osquery=False),
+    OptionSpec("aws_logger_record_ids", "false", _parse_bool,
+               "Stamp each record with a stable log_id for consumers to drop duplicates",
+               osquery=False),
 )
 
 OPTION_NAMES: Final = frozenset(spec.name for spec in OPTIONS)
@@ -189,13 +236,26 @@ class Settings:
     aws_logger_spool_max_bytes: int = 1 << 30
     aws_logger_shutdown_timeout: int = 5
     aws_logger_plugin_suffix: str = ""
+    aws_kinesis_aggregate: bool = False
+    aws_firehose_pack: bool = False
+    aws_firehose_compression: str = ""
+    aws_kinesis_routes: Routes = ()
+    aws_firehose_routes: Routes = ()
+    aws_kinesis_status_stream: str = ""
+    aws_firehose_status_stream: str = ""
+    aws_logger_record_ids: bool = False
 
     def dump(self) -> dict[str, str]:
         """Every option as text, secrets redacted: safe to log or print."""
         out = {}
         for spec in OPTIONS:
             value = getattr(self, spec.name)
-            text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            if isinstance(value, tuple):
+                text = json.dumps({stream: list(names) for stream, names in value}) if value else ""
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = "" if value is None else str(value)
             out[spec.name] = redact(spec.name, text)
         return out
 

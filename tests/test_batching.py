@@ -66,20 +66,20 @@ def test_partition_key_is_the_host_or_random_per_record() -> None:
 
 def test_kinesis_record_size_counts_the_partition_key() -> None:
     limit = KINESIS_LIMITS.max_record_bytes
-    assert not oversize(Entry(1, b"x" * (limit - 4), "abcd"), KINESIS_LIMITS)
-    assert oversize(Entry(1, b"x" * (limit - 3), "abcd"), KINESIS_LIMITS)
+    assert not oversize(Entry((1,), b"x" * (limit - 4), "abcd"), KINESIS_LIMITS)
+    assert oversize(Entry((1,), b"x" * (limit - 3), "abcd"), KINESIS_LIMITS)
 
 
 def test_firehose_record_limit_is_1000_kib_with_the_newline() -> None:
     assert FIREHOSE_LIMITS.record_suffix == b"\n"
-    assert not oversize(Entry(1, b"x" * 1_024_000), FIREHOSE_LIMITS)
-    assert oversize(Entry(1, b"x" * 1_024_001), FIREHOSE_LIMITS)
+    assert not oversize(Entry((1,), b"x" * 1_024_000), FIREHOSE_LIMITS)
+    assert oversize(Entry((1,), b"x" * 1_024_001), FIREHOSE_LIMITS)
 
 
 @given(sizes=st.lists(st.integers(1, 1_000_000), min_size=1, max_size=1200),
        service=st.sampled_from([KINESIS_LIMITS, FIREHOSE_LIMITS]))
 def test_a_batch_is_the_longest_prefix_within_every_call_limit(sizes: list[int], service) -> None:  # type: ignore[no-untyped-def]
-    entries = [Entry(i, b"x" * size, "key" if service.uses_partition_key else "")
+    entries = [Entry((i,), b"x" * size, "key" if service.uses_partition_key else "")
                for i, size in enumerate(sizes)]
     count = batch_length(entries, service)
     assert 1 <= count <= service.max_records
@@ -90,9 +90,9 @@ def test_a_batch_is_the_longest_prefix_within_every_call_limit(sizes: list[int],
 
 
 def test_full_batches_of_small_records_are_500() -> None:
-    entries = [Entry(i, b"x" * 1000, "k") for i in range(1200)]
+    entries = [Entry((i,), b"x" * 1000, "k") for i in range(1200)]
     assert batch_length(entries, KINESIS_LIMITS) == 500
-    big = [Entry(i, b"x" * 12_000) for i in range(500)]
+    big = [Entry((i,), b"x" * 12_000) for i in range(500)]
     assert batch_length(big, FIREHOSE_LIMITS) == 4 * 1024 * 1024 // 12_000
 
 

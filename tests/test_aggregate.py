@@ -1,0 +1,69 @@
+"""KPL aggregation and Firehose packing, decoded by the libraries consumers use."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+
+from aws_kinesis_agg.deaggregator import deaggregate_records
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from osquery_aws_logger._aggregate import KPL_MAGIC, FirehosePack, KplAggregate
+from osquery_aws_logger._batching import FIREHOSE_LIMITS, KINESIS_LIMITS
+
+
+def deaggregate(data: bytes, key: str) -> list[tuple[bytes, str]]:
+    event = {"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": key,
+                         "sequenceNumber": "1", "data": base64.b64encode(data).decode(),
+                         "approximateArrivalTimestamp": 0}}
+    return [(base64.b64decode(r["kinesis"]["data"]), r["kinesis"]["partitionKey"])
+            for r in deaggregate_records([event])]
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=60),
+       key=st.text(min_size=1, max_size=40))
+def test_kpl_aggregates_split_back_into_every_row_in_order(rows: list[bytes], key: str) -> None:
+    aggregate = KplAggregate(key, KINESIS_LIMITS.max_record_bytes)
+    for row in rows:
+        assert aggregate.add(row)
+    data = aggregate.data()
+    assert data.startswith(KPL_MAGIC)
+    assert aggregate.size() == len(data) + len(key.encode())
+    assert deaggregate(data, key) == [(row, key) for row in rows]
+
+
+def test_an_aggregate_never_passes_the_record_limit() -> None:
+    aggregate = KplAggregate("host-1", 10_000)
+    taken = 0
+    while aggregate.add(b"x" * 500):
+        taken += 1
+    assert aggregate.size() <= 10_000 and taken == aggregate.rows
+    assert aggregate.size() + 520 > 10_000, "it stopped only when the next row would not fit"
+    assert len(deaggregate(aggregate.data(), "host-1")) == taken
+
+
+def test_a_single_row_always_fits_an_empty_aggregate() -> None:
+    # A row too big on its own is the flusher's oversize drop, decided before aggregation.
+    aggregate = KplAggregate("k", 100)
+    assert aggregate.add(b"y" * 500) and aggregate.rows == 1
+
+
+def test_firehose_packs_keep_newline_delimited_rows() -> None:
+    pack = FirehosePack(FIREHOSE_LIMITS.max_record_bytes)
+    rows = [b'{"i":%d}\n' % i for i in range(1000)]
+    assert all(pack.add(row) for row in rows)
+    assert pack.data().split(b"\n")[:-1] == [row[:-1] for row in rows]
+
+
+def test_gzipped_packs_decompress_to_the_rows_and_stay_under_the_limit() -> None:
+    pack = FirehosePack(FIREHOSE_LIMITS.max_record_bytes, compress=True)
+    incompressible = [os.urandom(5000).hex().encode() + b"\n" for _ in range(400)]
+    added = [row for row in incompressible if pack.add(row)]
+    data = pack.data()
+    assert len(data) <= FIREHOSE_LIMITS.max_record_bytes
+    assert gzip.decompress(data) == b"".join(added)
+    # Concatenated members (as S3 holds several records) are one valid gzip stream.
+    assert gzip.decompress(data + data) == b"".join(added) * 2
