@@ -184,6 +184,27 @@ def _session_with(credentials: Credentials) -> boto3.session.Session:
     return boto3.session.Session(botocore_session=core)
 
 
+#: The put calls whose JSON body the flusher writes itself (see PreparedBody).
+PREPARED_OPERATIONS: Final = {"kinesis": "PutRecords", "firehose": "PutRecordBatch"}
+
+
+class PreparedBody:
+    """Puts a request body the flusher wrote itself in place of botocore's, before signing.
+
+    botocore's JSON serializer walks every record through its shape model: about 17 µs a
+    record, most of a delivery's CPU. The flusher joins the same JSON from pre-encoded pieces
+    (4 µs) and hands it here; a `before-sign` handler swaps it in, so the request is still
+    signed, sent, and its answer parsed by botocore.
+    """
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+
+    def swap(self, request: Any, **_: Any) -> None:
+        if self.body is not None:
+            request.data, self.body = self.body, None
+
+
 class AwsClients:
     """The Kinesis and Firehose clients and the credentials behind them, refreshed as needed.
 
@@ -204,6 +225,7 @@ class AwsClients:
         self._clients: dict[str, Any] = {}
         self.regions: dict[str, str] = {}
         self._session: boto3.session.Session | None = None
+        self._prepared = PreparedBody()
         self._config = client_config(settings, read_timeout=read_timeout)
         self._last_logged_source = ""
 
@@ -226,8 +248,20 @@ class AwsClients:
         self.regions[service] = region
         client = self._session.client(service, region_name=region, endpoint_url=endpoint,
                                       config=self._config)
+        if service in PREPARED_OPERATIONS:
+            client.meta.events.register(
+                f"before-sign.{service}.{PREPARED_OPERATIONS[service]}", self._prepared.swap)
         self._clients[service] = client
         return client
+
+    def put_prepared(self, service: str, method: str, params: dict[str, Any], body: bytes) -> Any:
+        """Call `method` with `body` as the request's JSON (params only name the stream)."""
+        client = self.client(service)
+        self._prepared.body = body
+        try:
+            return getattr(client, method)(**params)
+        finally:
+            self._prepared.body = None
 
     def _credentials(self, now: float) -> Credentials:
         base = resolve_credentials(self.settings, self.environ)

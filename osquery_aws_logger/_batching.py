@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceLimits:
@@ -86,13 +88,11 @@ def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     record and the parsed line (for its host identifier and query name).
     """
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Unshippable("invalid_utf8", f"byte {exc.start}") from None
-    try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise Unshippable("not_json", f"{type(exc).__name__} at char {getattr(exc, 'pos', '?')}") from None
+        # orjson parses a line in a fifth of json's time (and checks UTF-8 as it goes); what it
+        # refuses but json takes (integers past 64 bits, NaN) still goes through json.
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        parsed = _parse_strictly(line)
     if not isinstance(parsed, dict):
         raise Unshippable("not_json", f"a JSON {type(parsed).__name__}, not an object")
     if "log_type" in parsed:
@@ -102,6 +102,17 @@ def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     if not parsed:
         return b'{"log_type":"result"}', parsed
     return _RESULT_PREFIX + body[1:], parsed
+
+
+def _parse_strictly(line: bytes) -> object:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unshippable("invalid_utf8", f"byte {exc.start}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise Unshippable("not_json", f"{type(exc).__name__} at char {getattr(exc, 'pos', '?')}") from None
 
 
 def status_record(entry: dict[str, object], version: str) -> bytes:

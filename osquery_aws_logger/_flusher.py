@@ -9,6 +9,7 @@ is seen at once.
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
 import math
@@ -64,21 +65,44 @@ class Service:
 
     name: str
     limits: ServiceLimits
-    put: Callable[[Any, str, list[Entry]], list[str | None]]
+    put: Callable[[AwsClients, str, list[Entry]], list[str | None]]
 
 
-def _put_kinesis(client: Any, stream: str, entries: list[Entry]) -> list[str | None]:
-    answer = client.put_records(
-        StreamName=stream,
-        Records=[{"Data": e.data, "PartitionKey": e.partition_key} for e in entries])
+def _json_text(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _records_json(entries: list[Entry], *, with_keys: bool) -> bytes:
+    """The "Records" array as botocore would write it: base64 data, JSON-escaped keys."""
+    keys: dict[str, bytes] = {}
+    parts = []
+    for entry in entries:
+        data = binascii.b2a_base64(entry.data, newline=False)
+        if with_keys:
+            key = keys.get(entry.partition_key)
+            if key is None:
+                key = keys[entry.partition_key] = _json_text(entry.partition_key)
+            parts.append(b'{"Data":"' + data + b'","PartitionKey":' + key + b"}")
+        else:
+            parts.append(b'{"Data":"' + data + b'"}')
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _put_kinesis(clients: AwsClients, stream: str, entries: list[Entry]) -> list[str | None]:
+    body = (b'{"StreamName":' + _json_text(stream) + b',"Records":'
+            + _records_json(entries, with_keys=True) + b"}")
+    answer = clients.put_prepared("kinesis", "put_records",
+                                  {"StreamName": stream, "Records": []}, body)
     if not answer.get("FailedRecordCount"):
         return [None] * len(entries)
     return [r.get("ErrorCode") for r in answer["Records"]]
 
 
-def _put_firehose(client: Any, stream: str, entries: list[Entry]) -> list[str | None]:
-    answer = client.put_record_batch(
-        DeliveryStreamName=stream, Records=[{"Data": e.data} for e in entries])
+def _put_firehose(clients: AwsClients, stream: str, entries: list[Entry]) -> list[str | None]:
+    body = (b'{"DeliveryStreamName":' + _json_text(stream) + b',"Records":'
+            + _records_json(entries, with_keys=False) + b"}")
+    answer = clients.put_prepared("firehose", "put_record_batch",
+                                  {"DeliveryStreamName": stream, "Records": []}, body)
     if not answer.get("FailedPutCount"):
         return [None] * len(entries)
     return [r.get("ErrorCode") for r in answer["RequestResponses"]]
@@ -216,8 +240,11 @@ class Channel:
 
     def _fill(self) -> None:
         """Read from the spool until a call's worth is pending (or the spool is empty)."""
+        limits = self.service.limits
         while not self._enough_read():
-            records = self.spool.read(self.service.limits.max_records)
+            # Bounded by bytes too: a call's worth of big rows must not mean 500 of them in memory.
+            records = self.spool.read(limits.max_records,
+                                      max(1, limits.max_call_bytes - self._pending_bytes))
             if not records:
                 return
             for record in records:
@@ -354,7 +381,7 @@ class Channel:
         rows = sum(entry.rows for entry in batch)
         self.counters.put_calls += 1
         try:
-            codes = self.service.put(clients.client(self.service.name), stream, batch)
+            codes = self.service.put(clients, stream, batch)
         except Exception as exc:
             self._call_failed(delivery_error(exc), clients, now, rows)
             return

@@ -66,7 +66,7 @@ DropCallback = Callable[[str, int], None]
 
 
 def _read_segment(path: Path, offset: int, end: int, seq: int, first_seq: int, *,
-                  limit: int) -> tuple[list[SpooledRecord], int, int, bool]:
+                  limit: int, max_bytes: int = 1 << 62) -> tuple[list[SpooledRecord], int, int, bool]:
     """Read up to `limit` records of one segment, from record `seq` at byte `offset` (or -1
     when only the sequence number is known, which scans from the segment's start).
 
@@ -77,10 +77,11 @@ def _read_segment(path: Path, offset: int, end: int, seq: int, first_seq: int, *
     if offset < 0:
         offset, skip = 0, seq - first_seq
     records: list[SpooledRecord] = []
+    taken = 0
     with open(path, "rb") as handle:
         handle.seek(offset)
         buffer, pos = b"", 0
-        while len(records) < limit and offset < end:
+        while len(records) < limit and taken < max_bytes and offset < end:
             if len(buffer) - pos < HEADER.size:
                 buffer, pos = buffer[pos:] + handle.read(READ_CHUNK), 0
                 if len(buffer) < HEADER.size:
@@ -102,6 +103,7 @@ def _read_segment(path: Path, offset: int, end: int, seq: int, first_seq: int, *
                 skip -= 1
                 continue
             records.append(SpooledRecord(seq, kind, data, accepted_at))
+            taken += length
             seq += 1
     return records, offset, seq, False
 
@@ -274,10 +276,12 @@ class Spool:
 
     # -- the flusher side ---------------------------------------------------------------------
 
-    def read(self, max_records: int) -> list[SpooledRecord]:
-        """The next records after those already handed out, oldest first."""
+    def read(self, max_records: int, max_bytes: int = 1 << 62) -> list[SpooledRecord]:
+        """The next records after those already handed out, oldest first: at most
+        `max_records`, and no more once `max_bytes` of payload are read (at least one)."""
         out: list[SpooledRecord] = []
-        while len(out) < max_records:
+        taken = 0
+        while len(out) < max_records and taken < max_bytes:
             with self._lock:
                 if self._read_seq >= self._next_seq:
                     break
@@ -291,13 +295,15 @@ class Spool:
                 end = segment.size
             try:
                 records, offset, next_seq, corrupt = _read_segment(
-                    segment.path, offset, end, seq, segment.first_seq, limit=max_records - len(out))
+                    segment.path, offset, end, seq, segment.first_seq,
+                    limit=max_records - len(out), max_bytes=max_bytes - taken)
             except FileNotFoundError:
                 continue  # a cap dropped it while we read; the reader was moved on
             with self._lock:
                 if self._read_seq != seq:
                     continue  # a cap dropped (and counted) what we read: don't also deliver it
                 out.extend(records)
+                taken += sum(len(r.data) for r in records)
                 if corrupt:
                     after = segment.first_seq + segment.count
                     self._on_drop("corrupt", after - next_seq)
