@@ -32,7 +32,7 @@ from thrift.transport import TSocket, TTransport
 from . import __version__
 from ._batching import status_record
 from ._counters import PluginCounters
-from ._errors import RegistrationError, SettingsError
+from ._errors import RegistrationError
 from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
@@ -541,4 +541,4 @@ def run(args: ExtensionArgs) -> int:
     return extension.stop()
 
 
-__all__ = ["ExtensionArgs", "LoggerExtension", "SettingsError", "run"]
+__all__ = ["ExtensionArgs", "LoggerExtension", "run"]
