@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import linecache
 import re
 import subprocess
@@ -39,6 +40,7 @@ CATEGORIES: tuple[tuple[str, Any], ...] = (
     ("batching (osquery_aws_logger/_batching.py)", lambda f: "_batching.py" in f),
     ("flusher (osquery_aws_logger/_flusher.py)", lambda f: "_flusher.py" in f),
     ("extension call surface (osquery_aws_logger/_extension.py)", lambda f: "_extension.py" in f),
+    ("Thrift fast path (osquery_aws_logger/_wire.py)", lambda f: "_wire.py" in f),
     ("osquery_aws_logger, other", lambda f: "osquery_aws_logger/" in f),
     ("boto3/botocore (request build, signing, parsing)", lambda f: "botocore/" in f or "boto3/" in f),
     ("urllib3/http.client (HTTP to the service)", lambda f: "urllib3/" in f or "http/client" in f),
@@ -172,10 +174,12 @@ def profile_extension(args: argparse.Namespace, drivers: Drivers) -> dict[str, A
                  "--output", str(raws[mode]), "--duration", str(seconds)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for mode, flags in MODES.items()]
             time.sleep(1.0)  # py-spy attaches
+            cpu0, wall0 = ext.cpu(), time.time()
             sent = args.warmup_lines
             while any(spy.poll() is None for spy in spies):
                 drivers.send(ext, 1000, first=sent, lead=0.05)
                 sent += 1000
+            cpu_share = (ext.cpu() - cpu0) / (time.time() - wall0)
             for spy in spies:
                 _, err = spy.communicate()
                 if spy.returncode != 0:
@@ -186,7 +190,7 @@ def profile_extension(args: argparse.Namespace, drivers: Drivers) -> dict[str, A
     result: dict[str, Any] = {mode: summarize(parse_raw(raws[mode].read_text())) for mode in MODES}
     for mode in MODES:
         result[mode]["wall_fraction"] = result[mode]["samples"] / (RATE * seconds)
-    result.update({"lines_sent": sent, "seconds": seconds, "rate_hz": RATE,
+    result.update({"lines_sent": sent, "seconds": seconds, "rate_hz": RATE, "cpu_share": cpu_share,
                    "accelerated_protocol": accelerated_check()})
     return result
 
@@ -214,31 +218,42 @@ def write_markdown(results: dict[str, Any], path: Path = PROFILE_MD) -> None:
                 "pattern costs two accepts, two reads and writes and two closes on the extension's "
                 "socket; the spool adds a write, and shipping adds the HTTP exchange.", ""]
 
-    def rows(items: list[tuple[str, float]], limit: int) -> list[str]:
-        lines = ["| item | share of samples |", "|---|---:|"]
+    def rows(items: list[tuple[str, float]], limit: int, per_line: float | None = None) -> list[str]:
+        if per_line is None:
+            lines = ["| item | share of samples |", "|---|---:|"]
+        else:
+            lines = ["| item | share of samples | ≈ user µs per line |", "|---|---:|---:|"]
         for name, share in items[:limit]:
-            lines.append(f"| {name.replace('|', '/')} | {share:.1%} |")
+            extra = "" if per_line is None else f" {share * per_line:.0f} |"
+            lines.append(f"| {name.replace('|', '/')} | {share:.1%} |{extra}")
         return lines
 
     titles = {
         "gil": ("Python time: the thread holding the GIL",
                 "Python code and C code that keeps the GIL (json's scanner, base64, struct, small "
-                "zlib calls); system calls release the GIL and are not here. A thread held the "
-                "GIL {wall:.0%} of the wall time."),
+                "zlib calls); system calls release the GIL and are not here, so this is the "
+                "process's user time, and the µs column apportions the user µs per line measured "
+                "above. A thread held the GIL {wall:.0%} of the wall time."),
         "oncpu": ("Every thread running or runnable (system calls included)",
-                  "Time inside a C call (os.read, os.write, "
-                  "accept, close, fdatasync) is charged to the Python line that made it; a "
-                  "thread just woken and waiting for a core also counts, which inflates the "
-                  "lines right after a blocking call on this loaded 2-core machine."),
+                  "{active:.2f} threads were seen active per sample on average, while /proc "
+                  "says the process used {cpu:.2f} CPU-seconds per second: the excess is "
+                  "threads woken and waiting for a core, which this sampler cannot tell from "
+                  "running. Read the shares of the lines right after a blocking call (accept, "
+                  "os.read) as upper bounds. Time inside a C call (os.read, os.write, "
+                  "accept, close, fdatasync) is charged to the Python line that made it."),
     }
     for mode, (title, note) in titles.items():
         summary = profile[mode]
-        out += [f"## {title}", "", note.format(wall=summary["wall_fraction"]) +
+        cpu = profile.get("cpu_share", float("nan"))
+        out += [f"## {title}", "", note.format(wall=summary["wall_fraction"],
+                                               active=summary["wall_fraction"], cpu=cpu) +
                 f" {summary['samples']} samples.", ""]
-        out += ["### By thread", "", *rows(summary["threads"], 6), ""]
-        out += ["### By component (the innermost frame's module)", ""]
-        out += [*rows(summary["categories"], 14), ""]
-        out += ["### Top lines, self time", "", *rows(summary["self_lines"], 15), ""]
+        # GIL-held time is the process's user time: apportion the measured user µs per line.
+        per_line = cost["extension_user_us_per_line"] if cost and mode == "gil" else None
+        out += ["### By thread", "", *rows(summary["threads"], 6, per_line), ""]
+        out += ["### By component (the innermost frame's module)", "",
+                *rows(summary["categories"], 14, per_line), ""]
+        out += ["### Top lines, self time", "", *rows(summary["self_lines"], 15, per_line), ""]
         if mode == "oncpu":
             out += ["### Top functions, inclusive", "", *rows(summary["inclusive"], 20), ""]
     out += ["## thrift's C-accelerated binary protocol with osquery-python's generated code", "",
@@ -249,3 +264,21 @@ def write_markdown(results: dict[str, Any], path: Path = PROFILE_MD) -> None:
             "layout, which the installed fastbinary rejects; the pure-Python protocol is the "
             "only one that works with it as shipped.", ""]
     path.write_text("\n".join(out))
+
+
+def main() -> None:
+    """Summarize the raw py-spy files of the last run again (new categories) into
+    bench/results.json and bench/PROFILE.md, without measuring anything."""
+    results_path = BENCH / "results.json"
+    results = json.loads(results_path.read_text())
+    for mode in MODES:
+        raw = OUT / f"profile.{mode}.txt"
+        summary = summarize(parse_raw(raw.read_text()))
+        summary["wall_fraction"] = summary["samples"] / (RATE * results["profile"]["seconds"])
+        results["profile"][mode] = summary
+    results_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_markdown(results)
+
+
+if __name__ == "__main__":
+    main()

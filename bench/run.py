@@ -582,8 +582,9 @@ def main() -> None:
     parser.add_argument("--cap-bytes", type=int, default=64 * MIB)
     parser.add_argument("--cap-records", type=int, default=2000)
     parser.add_argument("--profile-seconds", type=float, default=15.0)
-    parser.add_argument("--output", default=str(BENCH / "results.json"))
-    parser.add_argument("--chart", default=str(BENCH / "results.png"))
+    parser.add_argument("--output", help="results JSON (default bench/results.json for a full run, "
+                                          "bench/out/results.json for a partial or --quick one)")
+    parser.add_argument("--chart", help="chart PNG, '' for none (default beside --output's default)")
     args = parser.parse_args()
     if args.quick:
         args.reps, args.cost_lines, args.warmup_lines = 1, 1000, 200
@@ -595,12 +596,17 @@ def main() -> None:
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    # Only a full run replaces the committed results; partial and quick ones write to bench/out.
+    home = BENCH if set(wanted) == set(SECTIONS) and not args.quick else OUT
+    args.output = args.output or str(home / "results.json")
+    args.chart = str(home / "results.png") if args.chart is None else args.chart
+    args.profile_md = home / "PROFILE.md"
 
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "settings": {k: v for k, v in vars(args).items()
-                                            if k not in ("output", "chart", "only")}}
+                                            if k not in ("output", "chart", "only", "profile_md")}}
     log(f"bench on {results['machine']['nproc']} × {results['machine']['cpu_model']}: "
         f"{', '.join(wanted)}")
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
@@ -621,7 +627,7 @@ def main() -> None:
     text = table(results)
     results["table"] = text.splitlines()
     if "profile" in results:
-        write_markdown(results)
+        write_markdown(results, args.profile_md)
     if args.chart:
         draw(results, Path(args.chart))
     Path(args.output).write_text(json.dumps(strip_samples(results), indent=1, default=float) + "\n")
