@@ -258,7 +258,9 @@ class Server:
                 os.unlink(self.path)
 
     def _serve_connection(self, fd: int) -> None:
-        pending = bytearray()
+        # Bytes as read; a bytearray only when a message spans reads (big lines), so the usual
+        # one-read message is parsed without a copy.
+        pending: bytes | bytearray = b""
         silent = 0.0
         try:
             while not self._stop.is_set():
@@ -272,7 +274,12 @@ class Server:
                 if not data:
                     return  # the peer closed, as osqueryd does after every call
                 silent = 0.0
-                pending += data
+                if pending:
+                    if not isinstance(pending, bytearray):
+                        pending = bytearray(pending)
+                    pending += data
+                else:
+                    pending = data
                 while pending:
                     try:
                         reply, used = self._codec.answer(pending)
@@ -283,7 +290,7 @@ class Server:
                             return
                         break
                     _write_all(fd, reply)
-                    del pending[:used]
+                    pending = pending[used:]
                 if not pending and self.ONE_CALL_PER_CONNECTION:
                     return
         except OSError:

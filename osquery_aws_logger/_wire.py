@@ -26,6 +26,8 @@ _CALL_HEADER: Final = struct.pack(">I", _VERSION_1 | TMessageType.CALL)
 _I32: Final = struct.Struct(">i")
 _FIELD: Final = struct.Struct(">bh")
 _MAP_HEADER: Final = struct.Struct(">bbi")
+#: Both fast-path method names ("ping", "call") are 4 bytes long.
+_NAME_LENGTH: Final = struct.pack(">i", 4)
 #: A reply's sequence id sits after the version word and the 4-byte name ("ping"/"call").
 _SEQID_AT: Final = 4 + 4 + 4
 
@@ -100,23 +102,21 @@ class WireCodec:
             raise NeedMore from None
 
     def _fast(self, data: bytes | bytearray) -> tuple[bytes, int]:
-        view = memoryview(data)
-        if bytes(view[:4]) != _CALL_HEADER or len(view) < 12:
-            if len(view) < 12 and bytes(view[:len(view)]) == _CALL_HEADER[:len(view)]:
+        if isinstance(data, bytearray):
+            data = bytes(data)  # slices must be bytes (dict keys); rare: a message over reads
+        if len(data) < 16:
+            if _CALL_HEADER.startswith(data[:4]) and (len(data) < 8 or data[4:8] == _NAME_LENGTH):
                 raise NeedMore
             raise _Unexpected
-        (name_length,) = _I32.unpack_from(view, 4)
-        if name_length != 4:
+        if not data.startswith(_CALL_HEADER) or data[4:8] != _NAME_LENGTH:
             raise _Unexpected
-        name = bytes(view[8:12])
-        seqid = bytes(view[12:16])
-        if len(seqid) < 4:
-            raise NeedMore
+        name = data[8:12]
+        seqid = data[12:16]
         pos = 16
         if name == b"ping":
-            if len(view) < pos + 1:
+            if len(data) <= pos:
                 raise NeedMore
-            if view[pos] != TType.STOP:
+            if data[pos] != TType.STOP:
                 raise _Unexpected
             return _with_seqid(_PING_OK, seqid), pos + 1
         if name != b"call":
@@ -124,29 +124,28 @@ class WireCodec:
         registry = item = None
         request: dict[bytes, bytes] | None = None
         while True:
-            if len(view) <= pos:
+            if len(data) <= pos:
                 raise NeedMore
-            field_type = view[pos]
-            if field_type == TType.STOP:
+            if data[pos] == TType.STOP:
                 pos += 1
                 break
-            field_type, field_id = _FIELD.unpack_from(view, pos)
+            field_type, field_id = _FIELD.unpack_from(data, pos)
             pos += 3
             if field_type == TType.STRING and field_id in (1, 2):
-                value, pos = _string(view, pos)
+                value, pos = _string(data, pos)
                 if field_id == 1:
                     registry = value
                 else:
                     item = value
             elif field_type == TType.MAP and field_id == 3:
-                key_type, value_type, size = _MAP_HEADER.unpack_from(view, pos)
+                key_type, value_type, size = _MAP_HEADER.unpack_from(data, pos)
                 pos += 6
                 if key_type != TType.STRING or value_type != TType.STRING or size < 0:
                     raise _Unexpected
                 request = {}
                 for _ in range(size):
-                    key, pos = _string(view, pos)
-                    request[key], pos = _string(view, pos)
+                    key, pos = _string(data, pos)
+                    request[key], pos = _string(data, pos)
             else:
                 raise _Unexpected
         if registry is None or item is None or request is None:
@@ -180,12 +179,12 @@ class WireCodec:
         return bytes(sink.getvalue()), consumed
 
 
-def _string(view: memoryview, pos: int) -> tuple[bytes, int]:
-    (length,) = _I32.unpack_from(view, pos)
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    (length,) = _I32.unpack_from(data, pos)
     start = pos + 4
     end = start + length
     if length < 0:
         raise _Unexpected
-    if end > len(view):
+    if end > len(data):
         raise NeedMore
-    return bytes(view[start:end]), end
+    return data[start:end], end
