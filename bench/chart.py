@@ -31,8 +31,9 @@ def _target(ax: Any, y: float, text: str) -> None:
 def draw(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     machine = results["machine"]
-    fig.suptitle(f"osquery-aws-logger `make bench` — {machine['nproc']} × {machine['cpu_model']}, "
-                 f"{results['started']}", fontsize=11)
+    source = results.get("source", {})
+    fig.suptitle(f"osquery-aws-logger {source.get('commit', '')} `make bench` — {machine['nproc']} × "
+                 f"{machine['cpu_model']}, {results['started']}", fontsize=11)
 
     ax = axes[0][0]
     cost = results.get("cost")

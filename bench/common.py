@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +66,20 @@ def machine() -> dict[str, Any]:
                 break
     return {"nproc": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0],
             "kernel": os.uname().release}
+
+
+def source_state() -> dict[str, Any]:
+    """Which extension code is measured: the commit, and a digest of the package's files as
+    they are on disk (each extension process imports them when it starts)."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "osquery_aws_logger").rglob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "osquery_aws_logger"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return {"commit": commit, "package_uncommitted_changes": bool(dirty),
+            "package_digest": digest.hexdigest()[:16]}
 
 
 def dir_bytes(path: Path) -> int:

@@ -200,7 +200,8 @@ def write_markdown(results: dict[str, Any], path: Path = PROFILE_MD) -> None:
     cost = results.get("cost")
     machine = results["machine"]
     out = ["# Where the extension's CPU goes per line", "",
-           f"Written by `make bench` (bench/profile.py) on {results['started']}, "
+           f"Written by `make bench` (bench/profile.py) on {results['started']} for "
+           f"osquery_aws_logger at {results.get('source', {}).get('commit', '?')}, "
            f"{machine['nproc']} × {machine['cpu_model']}, Python {machine['python']}. "
            f"Two py-spy samplers ({profile['rate_hz']} Hz, {profile['seconds']} s, at the same "
            f"time, both --nonblocking so neither pauses the process) watched the running "

@@ -34,6 +34,7 @@ from bench.common import (
     dir_bytes,
     machine,
     memory,
+    source_state,
 )
 from bench.profile import profile_extension, write_markdown
 from tests.harness import wait_for
@@ -613,6 +614,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                               "source": source_state(),
                                "settings": {k: v for k, v in vars(args).items()
                                             if k not in ("output", "chart", "only", "profile_md")}}
     log(f"bench on {results['machine']['nproc']} × {results['machine']['cpu_model']}: "
@@ -627,6 +629,11 @@ def main() -> None:
                 results[name] = sections[name](args, drivers)
                 results[name]["section_seconds"] = time.time() - began
     results["seconds"] = time.time() - started
+    after = source_state()
+    results["source"]["changed_during_run"] = after["package_digest"] != results["source"]["package_digest"]
+    if results["source"]["changed_during_run"]:
+        log(f"WARNING: osquery_aws_logger changed during the run ({results['source']['commit']} → "
+            f"{after['commit']}): sections may have measured different code")
     if "drain" in results:
         results["builtin"] = {"records_per_s": BUILTIN_RECORDS_PER_PERIOD / BUILTIN_PERIOD_S,
                               "computed": True,
@@ -641,7 +648,11 @@ def main() -> None:
     Path(args.output).write_text(json.dumps(strip_samples(results), indent=1, default=float) + "\n")
     print()
     print(text)
-    print(f"\n{results['seconds']:.0f} s in all; wrote {args.output}"
+    source = results["source"]
+    print(f"\nmeasured osquery_aws_logger at {source['commit']}"
+          + (" with uncommitted changes" if source["package_uncommitted_changes"] else "")
+          + (" (CHANGED during the run)" if source["changed_during_run"] else ""))
+    print(f"{results['seconds']:.0f} s in all; wrote {args.output}"
           + (f" and {args.chart}" if args.chart else ""))
 
 
