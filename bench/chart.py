@@ -110,6 +110,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
         colors.append(EXT)
     if values:
         _bars(ax, labels, values, colors, "{:.1f} MB")
+        ax.tick_params(axis="x", labelsize=8)
         _target(ax, 80, "target ≤ 80 MB")
     ax.set_title("4. Resident memory (RSS)", fontsize=10)
     ax.set_ylabel("MB")
