@@ -433,6 +433,7 @@ def section_memory(args: argparse.Namespace, drivers: Drivers) -> dict[str, Any]
         after = ext.memory()
         on_disk = dir_bytes(ext.spool_dir / "kinesis")
         ext.stop()
+    shutil.rmtree(ext.spool_dir, ignore_errors=True)  # the GiB spooled is no use after this
     result["spooled"] = {
         "lines": count, "line_bytes": line_bytes, "cap_bytes": cap, "spool_bytes": on_disk,
         "rss_rest": rest, "rss_peak_sampled": sampler.peak, "rss_after": after["VmRSS"],
