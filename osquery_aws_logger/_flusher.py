@@ -187,6 +187,7 @@ class Channel:
         self._open: dict[tuple[str, str], _Open] = {}
         self._pending_rows = 0  # rows in pending entries and open aggregates
         self._pending_bytes = 0
+        self._dropped_below = 0  # the spool's cap floor last acted on
         self._outstanding: deque[int] = deque()  # sequence numbers read, in spool order
         self._finished: set[int] = set()  # of those, delivered or dropped for good
         self.next_flush_at = time.monotonic() + self.period
@@ -367,8 +368,29 @@ class Channel:
         heads = [(queue[0].seqs[0], stream) for stream, queue in self.pending.items() if queue]
         return min(heads)[1] if heads else None
 
+    def _forget_dropped(self) -> None:
+        """Let go of rows a spool cap dropped after they were read (counted by the spool)."""
+        floor = self.spool.dropped_below
+        if floor <= self._dropped_below:
+            return
+        self._dropped_below = floor
+        for slot, builder in list(self._open.items()):
+            if builder.seqs and builder.seqs[-1] < floor:
+                del self._open[slot]
+                self._finished.update(builder.seqs)
+                self._pending_rows -= len(builder.seqs)
+                self._pending_bytes -= builder.row_bytes
+        for queue in self.pending.values():
+            # Entries are in spool order within a stream: the dropped ones lead.
+            while queue and queue[0].seqs[-1] < floor:
+                entry = queue.popleft()
+                self._finished.update(entry.seqs)
+                self._pending_rows -= entry.rows
+                self._pending_bytes -= len(entry.data)
+
     def flush_once(self, clients: AwsClients | None, now: float) -> None:
         """Send at most one put call's worth of records, to one stream."""
+        self._forget_dropped()
         self._fill()
         self._close_all()  # what was read goes out now, aggregates as full as they got
         self._acknowledge()  # drops above may complete a prefix

@@ -132,6 +132,9 @@ class Spool:
         self._acked = 0
         self._read_seq = 1
         self._read_pos: tuple[int, int] = (0, 0)  # (segment first_seq, offset) of _read_seq
+        #: Records numbered below this were dropped by a cap, including any the flusher had
+        #: already read: it must not send them (they are counted as dropped, and off disk).
+        self.dropped_below = 0
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         self._recover()
@@ -266,10 +269,12 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 oldest.path.unlink()
             end = oldest.first_seq + oldest.count
-            # Records already handed to the flusher are still delivered; only the rest are lost.
-            lost = end - max(self._read_seq, oldest.first_seq, self._acked + 1)
+            # Every waiting record of the segment goes, those the flusher holds in memory too:
+            # they are no longer on disk, so sending them later could not survive a restart.
+            lost = end - max(oldest.first_seq, self._acked + 1)
             if lost > 0:
                 self._on_drop(reason, lost)
+            self.dropped_below = max(self.dropped_below, end)
             if self._read_seq < end:
                 self._read_seq = end
                 self._read_pos = (end, 0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from osquery_aws_logger._spool import inspect_spool
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 
@@ -305,3 +306,20 @@ def test_a_stock_build_with_every_aws_flag_at_its_default_ships_through_the_ext_
         for service in SERVICES:
             assert sorted(indices(wait_delivered(aws, service, 5))) == list(range(5))
         assert "settings unusable" not in ext.stderr()
+
+
+def test_every_line_is_delivered_dropped_or_still_spooled_when_it_stops_during_an_outage(
+        tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
+    with extension_factory(tmp_path, options=aws.options(buffered_log_max="64")) as ext:
+        aws.proxy.set_down(True)
+        lines = result_lines(ext.standin, 300)
+        for line in lines[:60]:
+            ext.log("kinesis", line)
+        wait_for(lambda: "aws_kinesis: retrying" in ext.stderr(), 20, "a failed send")
+        for line in lines[60:]:  # the cap now drops segments the flusher holds in memory
+            ext.log("kinesis", line)
+        assert ext.terminate() == 0
+    waiting, _, _ = inspect_spool(ext.spool_dir / "kinesis")
+    stats = counters(ext)["aws_kinesis"]
+    assert stats["delivered"] == 0
+    assert stats["dropped"]["cap_records"] + waiting == 300, "no line unaccounted for"
