@@ -192,6 +192,7 @@ class Channel:
         self._finished: set[int] = set()  # of those, delivered or dropped for good
         self.next_flush_at = time.monotonic() + self.period
         self._last_error_code = ""
+        self._logged_state = "ok"
         self._logs = _RateLimit(HEALTH_LOG_INTERVAL_SECONDS)
 
     @property
@@ -472,10 +473,13 @@ class Channel:
         code = message.split(":", 1)[0]
         if message:
             counters.record_error(message)
-        if (changed or (state != "ok" and code != self._last_error_code)) and self._logs.allow(
-                "health", time.monotonic()):
-            # One line per change of state or of error, not one per retry, and at most one
-            # per HEALTH_LOG_INTERVAL_SECONDS while it flaps.
+        news = changed or (state != "ok" and code != self._last_error_code)
+        # One line per change of state or of error, not one per retry, and at most one per
+        # HEALTH_LOG_INTERVAL_SECONDS while it flaps; but a recovery after a logged failure is
+        # always told, so the log never ends on a failure that is over.
+        recovery = state == "ok" and self._logged_state != "ok"
+        if news and (recovery or self._logs.allow("health", time.monotonic())):
+            self._logged_state = state
             level = logging.INFO if state == "ok" else logging.WARNING
             more = self._logs.suppressed.pop("health", 0)
             log.log(level, "%s: %s%s%s", self.plugin, state, f": {message}" if message else "",
