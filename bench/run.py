@@ -37,6 +37,8 @@ from bench.common import (
     source_state,
 )
 from bench.profile import profile_extension, write_markdown
+from bench.savings import section_savings
+from bench.savings import table_rows as savings_rows
 from tests.harness import wait_for
 from tests.localaws import MotoServer
 
@@ -543,6 +545,8 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("5. osquery built-in AWS logger", f"{builtin:.0f} records/s (computed)",
                      "500 lines per 10 s period", f"extension drains "
                      f"{drain['extension_records_per_s'] / builtin:.0f}×", ""))
+    if results.get("savings"):
+        rows += savings_rows(results["savings"])
     header = ("figure", "extension", "floor", "ratio / target", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -569,7 +573,7 @@ def histogram(values_ms: list[float], width: int = 50) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
-SECTIONS = ("cost", "profile", "drain", "latency", "memory")
+SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings")
 
 
 def main() -> None:
@@ -622,7 +626,7 @@ def main() -> None:
         f"{', '.join(wanted)}")
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
         "cost": section_cost, "profile": section_profile, "drain": section_drain,
-        "latency": section_latency, "memory": section_memory}
+        "latency": section_latency, "memory": section_memory, "savings": section_savings}
     with Drivers(args.drivers) as drivers:
         for name in SECTIONS:
             if name in wanted:
