@@ -92,7 +92,10 @@ def test_status_reads_the_spool_on_disk_and_says_when_something_fails(
     with extension_factory(failing_dir, options=aws.options(aws_kinesis_stream="gone")) as ext:
         for line in result_lines(ext.standin, 3):
             ext.log("kinesis", line)
-        wait_for(lambda: rows(ext)["aws_kinesis"]["state"] == "failing", 20, "failing state")
+        state_file = ext.spool_dir / "kinesis" / "state.json"
+        # The state is written at every change of state; wait for it on disk, then crash.
+        wait_for(lambda: state_file.exists() and '"failing"' in state_file.read_text(), 20,
+                 "the failing state on disk")
         ext.kill9()  # osqueryd and the extension down: status still tells
     failing = run_cli("status", "--aws_logger_spool_dir", str(ext.spool_dir))
     assert failing.returncode == 1
