@@ -15,7 +15,7 @@ from ._aws import AwsClients, resolve_credentials, service_region
 from ._errors import DeliveryError
 from ._flags import add_option_flags, expand_flagfiles
 from ._flusher import SERVICES, delivery_error
-from ._settings import CUSTOM_PREFIX, OPTIONS, Settings, parse_settings
+from ._settings import CUSTOM_PREFIX, OPTION_NAMES, OPTIONS, Settings, parse_settings
 from ._status import read_status
 
 
@@ -82,7 +82,7 @@ def check_main(argv: Sequence[str]) -> int:
             print(f"FAIL config {args.config}: {exc}")
             return 1
     unknown = sorted(k for k in options if k.removeprefix(CUSTOM_PREFIX).startswith("aws_")
-                     and k.removeprefix(CUSTOM_PREFIX) not in {s.name for s in OPTIONS})
+                     and k.removeprefix(CUSTOM_PREFIX) not in OPTION_NAMES)
     for name in unknown:
         problems.append(f"{name}: not an option of this extension")
     command_line = {s.name: getattr(args, s.name) for s in OPTIONS if getattr(args, s.name) is not None}

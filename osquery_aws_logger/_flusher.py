@@ -518,10 +518,6 @@ class Flusher:
         self._next_state = 0.0
         self._lock = threading.Lock()
 
-    @property
-    def clients(self) -> AwsClients | None:
-        return self._clients
-
     def start(self) -> None:
         self._thread.start()
 
