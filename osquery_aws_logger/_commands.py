@@ -91,9 +91,10 @@ def check_main(argv: Sequence[str]) -> int:
     for problem in problems:
         print(f"FAIL {problem}")
     print("settings:")
-    for name, value in settings.dump().items():
-        if value and value != next(s.default for s in OPTIONS if s.name == name):
-            print(f"  {name} = {value}")
+    shown = settings.dump()
+    for spec in OPTIONS:
+        if shown[spec.name] and shown[spec.name] != spec.default:
+            print(f"  {spec.name} = {shown[spec.name]}")
     services = [s for s in SERVICES if getattr(settings, f"aws_{s}_stream")]
     if not services:
         problems.append("no stream set: set aws_kinesis_stream and/or aws_firehose_stream")

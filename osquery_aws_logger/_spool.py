@@ -65,6 +65,39 @@ class _Segment:
 DropCallback = Callable[[str, int], None]
 
 
+def _read_acked(directory: Path) -> int:
+    """The highest sequence number delivered, as the `acked` file says (0 if none)."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return int((directory / ACKED_FILE).read_text().strip() or 0)
+    return 0
+
+
+def _segment_firsts(directory: Path) -> list[int]:
+    """The first sequence numbers of the segment files, in order."""
+    firsts = []
+    for path in directory.glob("*" + SEGMENT_SUFFIX):
+        with contextlib.suppress(ValueError):
+            firsts.append(int(path.stem))
+    return sorted(firsts)
+
+
+def _segment_path(directory: Path, first: int) -> Path:
+    return directory / f"{first:020d}{SEGMENT_SUFFIX}"
+
+
+def _whole_records(data: bytes) -> tuple[int, int]:
+    """How many whole, intact records `data` starts with, and the offset after them."""
+    offset = count = 0
+    while offset + HEADER.size <= len(data):
+        length, crc, kind, _ = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if kind > KIND_MAX or end > len(data) or zlib.crc32(data[offset + HEADER.size:end]) != crc:
+            break
+        offset = end
+        count += 1
+    return count, offset
+
+
 def _read_segment(path: Path, offset: int, end: int, seq: int, first_seq: int, *,
                   limit: int, max_bytes: int = 1 << 62) -> tuple[list[SpooledRecord], int, int, bool]:
     """Read up to `limit` records of one segment, from record `seq` at byte `offset` (or -1
@@ -142,18 +175,10 @@ class Spool:
     # -- start-up ---------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            self._acked = int((self.directory / ACKED_FILE).read_text().strip() or 0)
-        paths = sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
-        firsts = []
-        for path in paths:
-            try:
-                firsts.append(int(path.stem))
-            except ValueError:
-                continue
-        firsts.sort()
+        self._acked = _read_acked(self.directory)
+        firsts = _segment_firsts(self.directory)
         for index, first in enumerate(firsts):
-            path = self.directory / f"{first:020d}{SEGMENT_SUFFIX}"
+            path = _segment_path(self.directory, first)
             segment = _Segment(first, path)
             if index + 1 < len(firsts):
                 # Closed segments were fsynced when they rolled: their count follows from names.
@@ -176,14 +201,7 @@ class Spool:
     def _scan_tail(path: Path) -> tuple[int, int]:
         """Count the whole records of the last segment and cut off a torn tail."""
         data = path.read_bytes()
-        offset = count = 0
-        while offset + HEADER.size <= len(data):
-            length, crc, kind, _ = HEADER.unpack_from(data, offset)
-            end = offset + HEADER.size + length
-            if kind > KIND_MAX or end > len(data) or zlib.crc32(data[offset + HEADER.size:end]) != crc:
-                break
-            offset = end
-            count += 1
+        count, offset = _whole_records(data)
         if offset != len(data):
             with open(path, "r+b") as handle:
                 handle.truncate(offset)
@@ -246,8 +264,7 @@ class Spool:
         if self._segments and self._segments[-1].count == 0:
             segment = self._segments[-1]
         else:
-            path = self.directory / f"{self._next_seq:020d}{SEGMENT_SUFFIX}"
-            segment = _Segment(self._next_seq, path)
+            segment = _Segment(self._next_seq, _segment_path(self.directory, self._next_seq))
             self._segments.append(segment)
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
@@ -408,28 +425,19 @@ class Spool:
 def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
     """Records waiting, bytes held and the oldest waiting record's time, without changing
     anything (for `osquery-aws-logger status` while the extension may be running)."""
-    acked = 0
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        acked = int((directory / ACKED_FILE).read_text().strip() or 0)
+    acked = _read_acked(directory)
     segments = []
-    for path in directory.glob("*" + SEGMENT_SUFFIX):
-        with contextlib.suppress(ValueError, OSError):
-            segments.append((int(path.stem), path, path.stat().st_size))
-    segments.sort()
+    for first in _segment_firsts(directory):
+        path = _segment_path(directory, first)
+        with contextlib.suppress(OSError):
+            segments.append((first, path, path.stat().st_size))
     if not segments:
         return 0, 0, None
     size = sum(s for _, _, s in segments)
     last_first, last_path, _ = segments[-1]
     last_count = 0
     with contextlib.suppress(OSError):
-        data = last_path.read_bytes()
-        offset = 0
-        while offset + HEADER.size <= len(data):
-            length = HEADER.unpack_from(data, offset)[0]
-            if offset + HEADER.size + length > len(data):
-                break
-            offset += HEADER.size + length
-            last_count += 1
+        last_count, _ = _whole_records(last_path.read_bytes())
     first_waiting = max(acked + 1, segments[0][0])
     records = max(0, last_first + last_count - first_waiting)
     oldest = None
