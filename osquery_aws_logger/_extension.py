@@ -23,8 +23,6 @@ from typing import Any, Final
 
 from osquery.extensions import ExtensionManager
 from osquery.extensions.ttypes import (
-    ExtensionResponse,
-    ExtensionStatus,
     InternalExtensionInfo,
 )
 from thrift.transport import TSocket, TTransport
@@ -37,7 +35,7 @@ from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
-from ._wire import OK_RESPONSE, NeedMore, WireCodec, lenient_protocol
+from ._wire import OK_RESPONSE, NeedMore, WireCodec, lenient_protocol, response
 
 log = logging.getLogger("osquery_aws_logger")
 
@@ -61,7 +59,7 @@ def _ok() -> Any:
 
 
 def _fail(message: str) -> Any:
-    return ExtensionResponse(status=ExtensionStatus(code=1, message=message), response=[])
+    return response(1, message)
 
 
 @dataclass
@@ -146,7 +144,7 @@ class LoggerPlugin:
             return _ok()
         if request.get("action") == "features":
             code = FEATURE_LOGSTATUS if self.forwards_status() else 0
-            return ExtensionResponse(status=ExtensionStatus(code=code, message="OK"), response=[])
+            return response(code)
         if "health" in request:
             return _ok()
         return _fail(f"{self.name}: unknown logger request with keys {sorted(request)[:5]}")

@@ -10,9 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
-
 from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
+from ._wire import response
 
 if TYPE_CHECKING:
     from ._flusher import Channel
@@ -112,12 +111,10 @@ class StatusTable:
         action = request.get("action")
         if action == "generate":
             rows = [{k: _text(v) for k, v in row.items()} for row in self._rows()]
-            return ExtensionResponse(status=ExtensionStatus(code=0, message="OK"), response=rows)
+            return response(0, rows=rows)
         if action == "columns":
-            return ExtensionResponse(status=ExtensionStatus(code=0, message="OK"),
-                                     response=self.routes())
-        return ExtensionResponse(status=ExtensionStatus(code=1, message="unknown table action"),
-                                 response=[])
+            return response(0, rows=self.routes())
+        return response(1, "unknown table action")
 
 
 def write_state(directory: Path, row: dict[str, Any]) -> None:

@@ -70,6 +70,12 @@ def _with_seqid(template: bytes, seqid: bytes) -> bytes:
     return template[:_SEQID_AT] + seqid + template[_SEQID_AT + 4:]
 
 
+def response(code: int, message: str = "OK", rows: list[Any] | None = None) -> Any:
+    """An ExtensionResponse: a status code and message, and rows (tables) or none."""
+    return ExtensionResponse(status=ExtensionStatus(code=code, message=message),
+                             response=rows if rows is not None else [])
+
+
 OK_STATUS: Final = ExtensionStatus(code=0, message="OK")
 OK_RESPONSE: Final = ExtensionResponse(status=OK_STATUS, response=[])
 _PING_OK: Final = _reply("ping", Extension.ping_result(success=OK_STATUS))
