@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ._safefs import atomic_write
 from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
 from ._wire import response
 
@@ -118,14 +119,13 @@ class StatusTable:
 
 
 def write_state(directory: Path, row: dict[str, Any]) -> None:
-    """Keep the latest figures beside the spool, for `status` when osqueryd is down."""
-    path = directory / STATE_FILE
-    tmp = directory / (STATE_FILE + ".tmp")
+    """Keep the latest figures beside the spool, for `status` when osqueryd is down.
+
+    A full disk or a vanished directory only costs this update: never raises.
+    """
+    data = json.dumps({**row, "pid": os.getpid()}, sort_keys=True).encode()
     with contextlib.suppress(OSError):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({**row, "pid": os.getpid()}, handle, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(directory, STATE_FILE, data, mode=0o600)
 
 
 def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,155 @@
+"""Files and directories touched without following symlinks: the spool's only way onto disk.
+
+The extension runs as root and writes under a directory an operator chose; if anyone else can
+write to that directory's parent, they can plant symlinks where the extension is about to
+create a file and turn a write into an overwrite of something else. So: the spool's parent is
+checked as osquery checks extension paths (not writable by others unless sticky, owned by root
+or by us), the spool's own directory is opened with ``O_DIRECTORY|O_NOFOLLOW``, and every file
+inside it is opened relative to that descriptor with ``O_NOFOLLOW``; temporary files are made
+with ``O_EXCL``, so a planted name is never written through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import Final
+
+DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(OSError):
+    """A spool path that others could redirect: refused, with the reason in the message."""
+
+
+def parent_problem(path: Path) -> str | None:
+    """Why the directories holding `path` are unsafe for a root-owned spool, if they are.
+
+    Every existing ancestor must not be writable by others unless it has the sticky bit (a
+    stranger could rename the rest of the path away); the nearest existing one must also be
+    owned by root or by this process's user.
+    """
+    me = os.geteuid()
+    nearest = True
+    for ancestor in Path(os.path.abspath(path)).parents:
+        try:
+            info = os.stat(ancestor)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"cannot inspect {ancestor}: {exc.strerror or exc}"
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{ancestor} is not a directory"
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            return (f"{ancestor} is writable by every user without the sticky bit: "
+                    f"anyone could plant links in the spool's path")
+        if nearest:
+            nearest = False
+            if info.st_uid not in (0, me):
+                return f"{ancestor} is owned by uid {info.st_uid}, not root or this process's user"
+    return None
+
+
+def open_directory(path: Path, *, create: bool, mode: int = 0o700) -> int:
+    """A descriptor of directory `path`, which must not itself be a symlink.
+
+    With `create`, a missing directory (and missing parents) is made with `mode`. An existing
+    directory owned by another user is refused; its permissions are set to `mode`.
+    """
+    path = Path(os.path.abspath(path))
+    if create:
+        parent = path.parent
+        if not parent.exists():
+            os.makedirs(parent, mode=mode, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, mode)
+    try:
+        fd = os.open(path, DIR_FLAGS)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePath(f"{path} is a symbolic link; the spool never follows one") from None
+        raise exc
+    try:
+        info = os.fstat(fd)
+        if info.st_uid not in (0, os.geteuid()):
+            raise UnsafePath(f"{path} is owned by uid {info.st_uid}, not root or this "
+                             f"process's user")
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_subdirectory(dir_fd: int, name: str, *, mode: int = 0o700) -> int:
+    """A descriptor of `name` inside `dir_fd`, created with `mode` if missing; never a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise UnsafePath(f"{name} is a symbolic link; the spool never follows one") \
+                    from None
+        raise exc
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def atomic_write(directory: Path | int, name: str, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace file `name` in `directory` (a path or a directory descriptor) with `data`.
+
+    The bytes go to a fresh temporary file made with O_EXCL|O_NOFOLLOW, which is then renamed
+    over `name`: a reader sees the old or the new file, never half of one, and a symlink
+    planted at either name is replaced, never written through. Raises OSError (a full disk).
+    """
+    own = not isinstance(directory, int)
+    dir_fd = os.open(directory, DIR_FLAGS) if not isinstance(directory, int) else directory
+    tmp = f".{name}.{os.getpid()}.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)  # left by a crash of this same pid number
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | FILE_FLAGS, mode,
+                     dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, mode)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        if own:
+            os.close(dir_fd)
+
+
+def read_file(directory: Path | int, name: str, limit: int = 1 << 20) -> bytes:
+    """The first `limit` bytes of regular file `name` in `directory`, never through a link."""
+    own = not isinstance(directory, int)
+    dir_fd = os.open(directory, DIR_FLAGS) if not isinstance(directory, int) else directory
+    try:
+        fd = os.open(name, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(f"{name} is not a regular file")
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+    finally:
+        if own:
+            os.close(dir_fd)
