@@ -210,7 +210,7 @@ class Spool:
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
-        self._read_seq = self._acked + 1
+        self._read_seq = max(self._acked + 1, self.dropped_below)
         self._read_pos = (0, 0)
         for segment in self._segments:
             if segment.first_seq + segment.count > self._read_seq:
@@ -268,33 +268,56 @@ class Spool:
             self._segments.append(segment)
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
+    def set_caps(self, max_records: int, max_bytes: int) -> None:
+        """New caps, in force at once: the oldest records past them are dropped and counted."""
+        with self._lock:
+            self.max_records, self.max_bytes = max_records, max_bytes
+            self._segment_records = max(1, min(4096, max_records // 16))
+            self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
+            if self._fd >= 0 and self._segments and self._needs_roll():
+                self._roll()  # so the old, larger segment can go whole
+            self._enforce_caps()
+
     def _waiting_records(self) -> int:
         if not self._segments:
             return 0
-        return self._next_seq - max(self._acked + 1, self._segments[0].first_seq)
+        return self._next_seq - self._first_waiting()
+
+    def _first_waiting(self) -> int:
+        return max(self._acked + 1, self._segments[0].first_seq, self.dropped_below)
+
+    def _drop_below(self, floor: int, reason: str) -> None:
+        """Give up every waiting record numbered below `floor`, counting them under `reason`;
+        those the flusher already holds too (they are off disk, or soon will be)."""
+        lost = floor - self._first_waiting()
+        if lost > 0:
+            self._on_drop(reason, lost)
+        self.dropped_below = max(self.dropped_below, floor)
+        if self._read_seq < floor:
+            self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
 
     def _enforce_caps(self) -> None:
-        while len(self._segments) > 1:
-            if self._waiting_records() > self.max_records:
-                reason = "cap_records"
-            elif self._bytes > self.max_bytes:
-                reason = "cap_bytes"
-            else:
-                return
-            oldest = self._segments.pop(0)
-            self._bytes -= oldest.size
-            with contextlib.suppress(FileNotFoundError):
-                oldest.path.unlink()
-            end = oldest.first_seq + oldest.count
-            # Every waiting record of the segment goes, those the flusher holds in memory too:
-            # they are no longer on disk, so sending them later could not survive a restart.
-            lost = end - max(oldest.first_seq, self._acked + 1)
-            if lost > 0:
-                self._on_drop(reason, lost)
-            self.dropped_below = max(self.dropped_below, end)
-            if self._read_seq < end:
-                self._read_seq = end
-                self._read_pos = (end, 0)
+        if not self._segments:
+            return
+        # The record cap keeps exactly the newest max_records.
+        excess = self._waiting_records() - self.max_records
+        if excess > 0:
+            self._drop_below(self._first_waiting() + excess, "cap_records")
+        # Bytes can only be given back a whole file at a time: the oldest segments go.
+        while len(self._segments) > 1 and self._bytes > self.max_bytes:
+            oldest = self._segments[0]
+            self._drop_below(oldest.first_seq + oldest.count, "cap_bytes")
+            self._forget_segment()
+        # Segments wholly below the floor hold nothing waiting: delete them.
+        while len(self._segments) > 1 and \
+                self._segments[0].first_seq + self._segments[0].count <= self.dropped_below:
+            self._forget_segment()
+
+    def _forget_segment(self) -> None:
+        oldest = self._segments.pop(0)
+        self._bytes -= oldest.size
+        with contextlib.suppress(FileNotFoundError):
+            oldest.path.unlink()
 
     # -- the flusher side ---------------------------------------------------------------------
 
@@ -402,7 +425,7 @@ class Spool:
         with self._lock:
             if self._waiting_records() <= 0:
                 return None
-            seq = max(self._acked + 1, self._segments[0].first_seq)
+            seq = self._first_waiting()
             segment = self._segment_of(seq)
         if segment is None:
             return None
