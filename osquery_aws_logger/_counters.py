@@ -14,7 +14,8 @@ DROP_REASONS: Final = (
     "oversize",  # larger than the service's record limit
     "cap_records",  # the spool held buffered_log_max records; the oldest went
     "cap_bytes",  # the spool held aws_logger_spool_max_bytes; the oldest went
-    "spool_error",  # the spool could not be written (disk full, permissions)
+    "spool_error",  # the spool could not be written (disk full, permissions, unusable path)
+    "disk_full",  # the filesystem was (nearly) full: the oldest waiting segment went early
     "corrupt",  # a spooled record failed its checksum when read back
 )
 

@@ -1,53 +1,43 @@
-"""The osquery extension: registration, the logger call surface, the Thrift server and lifecycle.
+"""The extension's logger plugins and lifecycle: start, register, serve, watch osqueryd, stop.
 
 osquery-python's start_extension exits on any flag it does not know and ends the process with
 os._exit (no cleanup) from its watcher and shutdown; this module uses its generated Thrift
-types and clients but runs its own server loop and lifecycle, so a stop always flushes.
+types and clients (``_manager``) but runs its own server loop (``_server``) and lifecycle, so
+a stop always flushes. Nothing about the spool ends the process: a spool that cannot be set up
+is reported and retried while the plugins stay registered and answer every call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import signal
-import socket
-import struct
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from osquery.extensions import ExtensionManager
-from osquery.extensions.ttypes import (
-    InternalExtensionInfo,
-)
-from thrift.transport import TSocket, TTransport
+from thrift.transport import TTransport
 
 from . import __version__
 from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
+from ._manager import EXTENSION_NAME, ManagerClient
+from ._server import Server, tune_memory
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
-from ._wire import OK_RESPONSE, NeedMore, WireCodec, lenient_protocol, response
+from ._wire import OK_RESPONSE, response
 
 log = logging.getLogger("osquery_aws_logger")
 
-EXTENSION_NAME: Final = "aws_logger"
-SDK_VERSION: Final = "5.23.0"
-MIN_SDK_VERSION: Final = "1.8.0"
 #: The names osquery's own AWS loggers have; stock builds compile them in.
 BASE_PLUGIN_NAMES: Final = {"kinesis": "aws_kinesis", "firehose": "aws_firehose"}
 #: Suffix used when osqueryd already has plugins of the base names.
 CLASH_SUFFIX: Final = "_ext"
-CONFLICT_TEXT: Final = "conflicts with another item of the same name"
-
 #: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
 FEATURE_LOGSTATUS: Final = 1
 
@@ -189,179 +179,6 @@ class Handler:
         if "init" in request:
             self._on_init()
         return plugin.handle(request)
-
-
-class Server:
-    """Serves the Extension service on a UNIX socket, one connection at a time.
-
-    osqueryd opens a fresh connection for every call and closes it; serving them in turn on
-    one thread costs no thread start per call and keeps the spool writes in order. The bytes
-    are answered by WireCodec (a fast path for ping and log calls, the generated Processor for
-    the rest).
-    """
-
-    #: How long a blocked accept or read waits before the loop looks at the stop flag.
-    POLL_SECONDS: Final = 0.5
-    #: Silence after which a connection that has not finished its message is closed.
-    IDLE_SECONDS: Final = 10.0
-    #: A message larger than this closes its connection (osquery's own lines are far smaller).
-    MAX_MESSAGE_BYTES: Final = 64 << 20
-    #: osqueryd opens a connection per call (callExtension, and its pings) and closes it after
-    #: the answer. Closing first, once a call is answered, saves waiting for that close: a read
-    #: and a wake-up per connection, two connections per row. A client that sends several calls
-    #: on one connection must send them together (they are all answered) or reconnect.
-    ONE_CALL_PER_CONNECTION: Final = True
-
-    def __init__(self, path: str, handler: Handler) -> None:
-        self.path = path
-        self._codec = WireCodec(handler, handler.log_line)
-        self._stop = threading.Event()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
-        self._listener.listen(128)
-        # A kernel timeout (SO_RCVTIMEO) instead of Python's socket timeout: Python's costs a
-        # poll() before every accept, read and write, and sockets accepted here inherit it.
-        # Every row costs two connections, so syscalls per connection are the price per row.
-        seconds = int(self.POLL_SECONDS)
-        micros = int((self.POLL_SECONDS - seconds) * 1_000_000)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                  struct.pack("ll", seconds, micros))
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def serve(self) -> None:
-        # socket.accept() wraps each connection in a socket object (more syscalls and
-        # allocations); the low-level _accept() answers the bare descriptor.
-        accept = self._listener._accept  # type: ignore[attr-defined]
-        try:
-            while not self._stop.is_set():
-                try:
-                    fd, _ = accept()
-                except (BlockingIOError, TimeoutError, InterruptedError):
-                    continue
-                except OSError:
-                    if self._stop.is_set():
-                        break
-                    raise
-                try:
-                    self._serve_connection(fd)
-                finally:
-                    os.close(fd)
-        finally:
-            self._listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-
-    def _serve_connection(self, fd: int) -> None:
-        # Bytes as read; a bytearray only when a message spans reads (big lines), so the usual
-        # one-read message is parsed without a copy.
-        pending: bytes | bytearray = b""
-        silent = 0.0
-        try:
-            while not self._stop.is_set():
-                try:
-                    data = os.read(fd, 1 << 16)
-                except (BlockingIOError, TimeoutError, InterruptedError):
-                    silent += self.POLL_SECONDS
-                    if silent >= self.IDLE_SECONDS:
-                        return
-                    continue
-                if not data:
-                    return  # the peer closed, as osqueryd does after every call
-                silent = 0.0
-                if pending:
-                    if not isinstance(pending, bytearray):
-                        pending = bytearray(pending)
-                    pending += data
-                else:
-                    pending = data
-                while pending:
-                    try:
-                        reply, used = self._codec.answer(pending)
-                    except NeedMore:
-                        if len(pending) > self.MAX_MESSAGE_BYTES:
-                            log.warning("a message over %d bytes; connection closed",
-                                        self.MAX_MESSAGE_BYTES)
-                            return
-                        break
-                    _write_all(fd, reply)
-                    pending = pending[used:]
-                if not pending and self.ONE_CALL_PER_CONNECTION:
-                    return
-        except OSError:
-            return
-        except Exception:  # a malformed message must not end the server
-            log.exception("malformed Thrift message; connection closed")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class ManagerClient:
-    """Calls into osqueryd's ExtensionManager, each on a connection of its own."""
-
-    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-
-    def _call(self, method: str, *args: Any) -> Any:
-        sock = TSocket.TSocket(unix_socket=self.socket_path)
-        sock.setTimeout(self.timeout * 1000)
-        transport = TTransport.TBufferedTransport(sock)
-        transport.open()
-        try:
-            client = ExtensionManager.Client(lenient_protocol(transport))
-            return getattr(client, method)(*args)
-        finally:
-            transport.close()
-
-    def wait_until_up(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._call("ping")
-                return True
-            except (TTransport.TTransportException, OSError):
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.1)
-
-    def options(self) -> dict[str, str]:
-        return {name: info.value or "" for name, info in self._call("options").items()}
-
-    def osquery_version(self) -> str:
-        answer = self._call("query", "SELECT version FROM osquery_info")
-        if answer.status.code == 0 and answer.response:
-            return str(answer.response[0].get("version", ""))
-        return ""
-
-    def register(self, names: list[str]) -> int:
-        info = InternalExtensionInfo(name=EXTENSION_NAME, version=__version__,
-                                     sdk_version=SDK_VERSION, min_sdk_version=MIN_SDK_VERSION)
-        registry: dict[str, dict[str, list[Any]]] = {
-            "logger": {name: [] for name in names},
-            "table": {TABLE_NAME: StatusTable.routes()},
-        }
-        status = self._call("registerExtension", info, registry)
-        if status.code != 0:
-            raise RegistrationError(status.message or "refused",
-                                    name_clash=CONFLICT_TEXT in (status.message or ""))
-        return int(status.uuid)
-
-    def registered(self, uuid: int) -> bool:
-        return uuid in self._call("extensions")
-
-    def ping_ok(self) -> bool:
-        return bool(self._call("ping").code == 0)
-
-    def deregister(self, uuid: int) -> None:
-        self._call("deregisterExtension", uuid)
 
 
 def plugin_names(suffix: str) -> dict[str, str]:
@@ -509,14 +326,26 @@ class LoggerExtension:
         if self.flusher is None:
             return 0
         timeout = float(self.settings.aws_logger_shutdown_timeout)
-        drained = self.flusher.stop(timeout)
+        self.flusher.stop(timeout)
         left = sum(c.spool.depth()[0] for c in self.flusher.channels)
+        dropped: dict[str, int] = {}
         for channel in self.flusher.channels:
             # One machine-readable line per plugin, so the last figures survive in the log.
-            log.info("%s: counters %s", channel.plugin,
-                     json.dumps(channel.counters.snapshot(), sort_keys=True))
-        log.info("stopped: %s", "everything delivered" if drained else
-                 f"{left} records stay spooled for the next start")
+            snapshot = channel.counters.snapshot()
+            log.info("%s: counters %s", channel.plugin, json.dumps(snapshot, sort_keys=True))
+            for reason, count in channel.counters.dropped.items():
+                if count:
+                    dropped[reason] = dropped.get(reason, 0) + count
+        parts = [f"{left} records stay spooled for the next start" if left
+                 else "nothing left undelivered in the spool"]
+        if dropped:
+            parts.append(f"{sum(dropped.values())} dropped since start ("
+                         + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) + ")")
+        unusable = [c.spool.problem for c in self.flusher.channels if c.spool.problem]
+        if unusable:
+            parts.append("; ".join(unusable))
+        log.info("stopped: %s", "; ".join(parts) if left or dropped or unusable
+                 else "everything accepted was delivered")
         return 0
 
 
@@ -532,6 +361,7 @@ def run(args: ExtensionArgs) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    tune_memory()
     code = extension.start()
     if code != 0:
         return code

@@ -556,12 +556,13 @@ class Flusher:
                 channel.backoff.succeeded()
                 channel.next_flush_at = min(channel.next_flush_at,
                                             time.monotonic() + channel.period)
-                channel.spool.max_records = settings.buffered_log_max
-                channel.spool.max_bytes = settings.aws_logger_spool_max_bytes
+                channel.spool.set_caps(settings.buffered_log_max,
+                                       settings.aws_logger_spool_max_bytes)
 
     def _usable(self, channel: Channel) -> bool:
         """Whether this channel may ship now; records of one that may not stay spooled."""
-        problem = "; ".join(self._problems) or channel.settings.stream_problem(channel.service.name)
+        problem = "; ".join(self._problems) or channel.spool.problem or \
+            channel.settings.stream_problem(channel.service.name)
         if problem:
             if channel.counters.state != "disabled" or channel.counters.last_error != problem:
                 log.error("%s: not shipping, records stay spooled: %s", channel.plugin, problem)
@@ -624,8 +625,11 @@ class Flusher:
         rows = []
         for channel in self.channels:
             row = channel_row(channel, self._clients)
-            if self._problems or channel.settings.stream_problem(channel.service.name):
+            problem = channel.spool.problem
+            if self._problems or problem or channel.settings.stream_problem(channel.service.name):
                 row["state"] = "disabled"
+            if problem:
+                row["last_error"] = problem
             rows.append(row)
         return rows
 

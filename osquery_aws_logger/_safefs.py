@@ -28,12 +28,11 @@ class UnsafePath(OSError):
 def parent_problem(path: Path) -> str | None:
     """Why the directories holding `path` are unsafe for a root-owned spool, if they are.
 
-    Every existing ancestor must not be writable by others unless it has the sticky bit (a
-    stranger could rename the rest of the path away); the nearest existing one must also be
-    owned by root or by this process's user.
+    As osquery checks the paths of extensions it runs: no existing ancestor may be writable by
+    others unless it has the sticky bit (a stranger could rename the rest of the path away and
+    plant links), and each must be owned by root or by this process's user.
     """
     me = os.geteuid()
-    nearest = True
     for ancestor in Path(os.path.abspath(path)).parents:
         try:
             info = os.stat(ancestor)
@@ -44,12 +43,10 @@ def parent_problem(path: Path) -> str | None:
         if not stat.S_ISDIR(info.st_mode):
             return f"{ancestor} is not a directory"
         if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-            return (f"{ancestor} is writable by every user without the sticky bit: "
-                    f"anyone could plant links in the spool's path")
-        if nearest:
-            nearest = False
-            if info.st_uid not in (0, me):
-                return f"{ancestor} is owned by uid {info.st_uid}, not root or this process's user"
+            return (f"{ancestor} is writable by every user and has no sticky bit: anyone "
+                    f"could plant links in the spool's path")
+        if info.st_uid not in (0, me):
+            return f"{ancestor} is owned by uid {info.st_uid}, not root or this process's user"
     return None
 
 
@@ -61,11 +58,10 @@ def open_directory(path: Path, *, create: bool, mode: int = 0o700) -> int:
     """
     path = Path(os.path.abspath(path))
     if create:
-        parent = path.parent
-        if not parent.exists():
-            os.makedirs(parent, mode=mode, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, mode)
+        missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, mode)
     try:
         fd = os.open(path, DIR_FLAGS)
     except OSError as exc:

@@ -8,18 +8,31 @@ being written at most ``sync_interval`` seconds (1 s) after a write, which bound
 loss can take. Delivery order is the file order, so no index is needed: a record is identified
 by its sequence number, a segment file is named after the sequence number of its first record,
 and the ``acked`` file holds the highest sequence number delivered. Segments wholly delivered
-are deleted. Past a cap, the oldest whole segment of waiting records is deleted and its records
-are counted as dropped; segments hold at most 1/16 of the record cap, so a drop takes a small
-slice of the oldest records, never the newest.
+are deleted. Past the record cap the oldest waiting records are given up (counted); past the
+byte cap, or when the filesystem is nearly full, the oldest whole segment is.
 
-Record layout: ``<length u32><crc32 u32><kind u8><accepted_at f64>`` then ``length`` bytes.
-A torn tail (power loss mid-write) fails its length or checksum and is cut off at start.
+Segment layout: the 8-byte file magic ``OQSPOOL2``, then records, each
+``<sync 4s><crc32 u32><length u32><seq u64><kind u8><accepted_at f64>`` and ``length`` bytes;
+the checksum covers everything after itself. The sync marker and the sequence number make
+damage cost only the records it touches: a reader that meets a bad record searches forward for
+the next sync marker whose record checks out, and the jump in sequence numbers says exactly
+how many records were lost, which are counted (``corrupt``) and logged once with the file.
+Segments of the first format (no magic, no sync, no sequence numbers) are rewritten once, at
+start, in this one.
+
+Nothing here follows a symlink: the directory is opened with ``O_NOFOLLOW`` after its
+ancestors are checked as osquery checks extension paths, and every file is opened relative to
+that descriptor (``_safefs``). No spool problem raises into the thrift side or ends the
+process: a spool that cannot be set up counts each line as dropped (``spool_error``), says
+why in ``problem``, and is set up again by the flusher's next ``sync`` after a pause.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -29,7 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-HEADER: Final = struct.Struct("<IIBd")
+from ._safefs import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
+
+log = logging.getLogger("osquery_aws_logger.spool")
+
+FILE_MAGIC: Final = b"OQSPOOL2"
+SYNC: Final = b"\xa7\x1eQ\xd3"
+HEADER: Final = struct.Struct("<4sIIQBd")
+#: The part of the header the checksum covers (with the payload): length, seq, kind, time.
+_CHECKED_AT: Final = 8
+_LENGTH: Final = struct.Struct("<I")
 SEGMENT_SUFFIX: Final = ".seg"
 ACKED_FILE: Final = "acked"
 
@@ -42,6 +64,17 @@ KIND_MAX: Final = KIND_STATUS
 #: dropped as oversize by the flusher, but we keep it bounded so a bad line cannot fill memory.
 MAX_RECORD_BYTES: Final = 16 << 20
 READ_CHUNK: Final = 1 << 20
+#: Seconds between attempts to set up a spool that could not be (permissions, a bad path).
+REOPEN_SECONDS: Final = 10.0
+#: Keep this much of the filesystem free (or 5 % of it, if less): below it the oldest waiting
+#: segment goes early, so the newest lines and the acked file can still be written.
+HEADROOM_BYTES: Final = 32 << 20
+HEADROOM_SHARE: Final = 0.05
+#: At most one line per this many seconds about failing writes.
+ERROR_LOG_SECONDS: Final = 10.0
+
+# The first format, read only to migrate it: <length u32><crc32 u32><kind u8><accepted_at f64>.
+_V1_HEADER: Final = struct.Struct("<IIBd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,88 +90,117 @@ class SpooledRecord:
 @dataclass(slots=True)
 class _Segment:
     first_seq: int
-    path: Path
+    name: str
     count: int = 0
-    size: int = 0  # bytes in the file, headers included
+    size: int = 0  # bytes in the file, magic and headers included
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + self.count
 
 
 DropCallback = Callable[[str, int], None]
 
 
-def _read_acked(directory: Path) -> int:
-    """The highest sequence number delivered, as the `acked` file says (0 if none)."""
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        return int((directory / ACKED_FILE).read_text().strip() or 0)
-    return 0
+def _segment_name(first: int) -> str:
+    return f"{first:020d}{SEGMENT_SUFFIX}"
 
 
-def _segment_firsts(directory: Path) -> list[int]:
-    """The first sequence numbers of the segment files, in order."""
-    firsts = []
-    for path in directory.glob("*" + SEGMENT_SUFFIX):
-        with contextlib.suppress(ValueError):
-            firsts.append(int(path.stem))
-    return sorted(firsts)
+def encode_record(seq: int, kind: int, data: bytes, accepted_at: float) -> bytes:
+    header = HEADER.pack(SYNC, 0, len(data), seq, kind, accepted_at)
+    crc = zlib.crc32(data, zlib.crc32(header[_CHECKED_AT:]))
+    return SYNC + struct.pack("<I", crc) + header[_CHECKED_AT:] + data
 
 
-def _segment_path(directory: Path, first: int) -> Path:
-    return directory / f"{first:020d}{SEGMENT_SUFFIX}"
+def _valid_at(buffer: bytes, pos: int) -> tuple[int, int, int, float] | None:
+    """(length, seq, kind, accepted_at) of an intact record at `pos` of `buffer`, or None
+    (damaged, or not all of it in the buffer)."""
+    if len(buffer) - pos < HEADER.size:
+        return None
+    sync, crc, length, seq, kind, accepted_at = HEADER.unpack_from(buffer, pos)
+    end = pos + HEADER.size + length
+    if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES or end > len(buffer):
+        return None
+    if zlib.crc32(buffer[pos + HEADER.size:end],
+                  zlib.crc32(buffer[pos + _CHECKED_AT:pos + HEADER.size])) != crc:
+        return None
+    return length, seq, kind, accepted_at
 
 
-def _whole_records(data: bytes) -> tuple[int, int]:
-    """How many whole, intact records `data` starts with, and the offset after them."""
-    offset = count = 0
-    while offset + HEADER.size <= len(data):
-        length, crc, kind, _ = HEADER.unpack_from(data, offset)
-        end = offset + HEADER.size + length
-        if kind > KIND_MAX or end > len(data) or zlib.crc32(data[offset + HEADER.size:end]) != crc:
-            break
-        offset = end
-        count += 1
-    return count, offset
+class _Reader:
+    """Walks the records of one segment file from a byte offset, resynchronising after damage."""
 
+    def __init__(self, fd: int, offset: int, end: int) -> None:
+        self._fd = fd
+        self.offset = offset  # file offset of buffer[pos]
+        self._end = end
+        self._buffer = b""
+        self._pos = 0
 
-def _read_segment(path: Path, offset: int, end: int, seq: int, first_seq: int, *,
-                  limit: int, max_bytes: int = 1 << 62) -> tuple[list[SpooledRecord], int, int, bool]:
-    """Read up to `limit` records of one segment, from record `seq` at byte `offset` (or -1
-    when only the sequence number is known, which scans from the segment's start).
+    def _fill(self, need: int) -> bool:
+        """Have at least `need` bytes from pos buffered (False at the end of the data)."""
+        if len(self._buffer) - self._pos >= need:
+            return True
+        start = self.offset + len(self._buffer) - self._pos
+        want = min(max(READ_CHUNK, need - (len(self._buffer) - self._pos)), self._end - start)
+        if want <= 0:
+            return False
+        more = os.pread(self._fd, want, start)
+        self._buffer = self._buffer[self._pos:] + more
+        self._pos = 0
+        return len(self._buffer) >= need
 
-    Answers the records, the byte offset and sequence number after them, and whether a record
-    failed its checksum (the rest of the segment is then unreadable).
-    """
-    skip = 0
-    if offset < 0:
-        offset, skip = 0, seq - first_seq
-    records: list[SpooledRecord] = []
-    taken = 0
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        buffer, pos = b"", 0
-        while len(records) < limit and taken < max_bytes and offset < end:
-            if len(buffer) - pos < HEADER.size:
-                buffer, pos = buffer[pos:] + handle.read(READ_CHUNK), 0
-                if len(buffer) < HEADER.size:
-                    return records, offset, seq, True
-            length, crc, kind, accepted_at = HEADER.unpack_from(buffer, pos)
-            if kind > KIND_MAX or length > MAX_RECORD_BYTES:
-                return records, offset, seq, True
-            total = HEADER.size + length
-            if len(buffer) - pos < total:
-                buffer, pos = buffer[pos:] + handle.read(max(READ_CHUNK, total)), 0
-                if len(buffer) < total:
-                    return records, offset, seq, True
-            data = buffer[pos + HEADER.size:pos + total]
-            if zlib.crc32(data) != crc:
-                return records, offset, seq, True
-            pos += total
-            offset += total
-            if skip:
-                skip -= 1
+    def next(self) -> tuple[int, int, float, bytes] | bool | None:
+        """The next intact record (seq, kind, accepted_at, data); None at the end of the data;
+        False when damage was skipped (the caller learns how much from the sequence numbers)."""
+        if self.offset >= self._end:
+            return None
+        if not self._fill(HEADER.size):
+            self._skip_to_end()  # a few bytes too short for a header: a torn tail
+            return False
+        (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
+        if length <= MAX_RECORD_BYTES:
+            self._fill(HEADER.size + length)
+        found = _valid_at(self._buffer, self._pos)
+        if found is None:
+            self._resync()
+            return False
+        length, seq, kind, accepted_at = found
+        start = self._pos + HEADER.size
+        data = self._buffer[start:start + length]
+        self._advance(HEADER.size + length)
+        return seq, kind, accepted_at, data
+
+    def _advance(self, count: int) -> None:
+        self._pos += count
+        self.offset += count
+
+    def _skip_to_end(self) -> None:
+        self.offset = self._end
+        self._buffer, self._pos = b"", 0
+
+    def _resync(self) -> None:
+        """Move to the next sync marker that starts an intact record (or the end)."""
+        self._advance(1)
+        while True:
+            at = self._buffer.find(SYNC, self._pos)
+            if at < 0:
+                keep = len(SYNC) - 1  # a marker may straddle the chunk boundary
+                drop = max(0, len(self._buffer) - self._pos - keep)
+                self._advance(drop)
+                if not self._fill(keep + 1) or len(self._buffer) - self._pos <= keep:
+                    self._skip_to_end()
+                    return
                 continue
-            records.append(SpooledRecord(seq, kind, data, accepted_at))
-            taken += length
-            seq += 1
-    return records, offset, seq, False
+            self._advance(at - self._pos)
+            self._fill(HEADER.size)
+            if len(self._buffer) - self._pos >= HEADER.size:
+                (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
+                if length <= MAX_RECORD_BYTES:
+                    self._fill(HEADER.size + length)
+            if _valid_at(self._buffer, self._pos) is not None:
+                return
+            self._advance(1)
 
 
 class Spool:
@@ -159,66 +221,165 @@ class Spool:
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
+        self._dir_fd = -1
         self._fd = -1
         self._dirty_since = 0.0
         self._next_seq = 1
         self._acked = 0
+        self._acked_on_disk = 0
         self._read_seq = 1
         self._read_pos: tuple[int, int] = (0, 0)  # (segment first_seq, offset) of _read_seq
-        #: Records numbered below this were dropped by a cap, including any the flusher had
+        #: Records numbered below this were given up by a cap, including any the flusher had
         #: already read: it must not send them (they are counted as dropped, and off disk).
         self.dropped_below = 0
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        self._recover()
+        #: Damage already counted: gaps below this sequence number are not counted again.
+        self._corrupt_counted_below = 0
+        #: Why the spool cannot take lines now ("" when it can).
+        self.problem = ""
+        self._reopen_at = 0.0
+        self._next_headroom_check = 0.0
+        self._error_logged_at = -ERROR_LOG_SECONDS
+        self._errors_unlogged = 0
+        self._open()
 
-    # -- start-up ---------------------------------------------------------------------------
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Set the spool up, or record why it cannot be (never raises)."""
+        try:
+            problem = parent_problem(self.directory)
+            if problem:
+                raise UnsafePath(problem)
+            self._dir_fd = open_directory(self.directory, create=True, mode=0o700)
+            self._recover()
+        except (OSError, ValueError) as exc:
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+            self._segments.clear()
+            self._bytes = 0
+            reason = str(exc) if isinstance(exc, UnsafePath) else \
+                f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            problem = f"spool {self.directory} unusable: {reason}"
+            if problem != self.problem:
+                log.error("%s; lines are counted as dropped (spool_error) until it is fixed; "
+                          "trying again every %.0fs", problem, REOPEN_SECONDS)
+            self.problem = problem
+            self._reopen_at = time.monotonic() + REOPEN_SECONDS
+            return
+        if self.problem:
+            log.warning("spool %s usable again", self.directory)
+        self.problem = ""
 
     def _recover(self) -> None:
-        self._acked = _read_acked(self.directory)
-        firsts = _segment_firsts(self.directory)
+        self._acked = self._acked_on_disk = self._read_acked()
+        names = sorted(n for n in os.listdir(self._dir_fd) if n.endswith(SEGMENT_SUFFIX)
+                       and n[:-len(SEGMENT_SUFFIX)].isdigit())
+        firsts = [int(n[:-len(SEGMENT_SUFFIX)]) for n in names]
+        self._segments, self._bytes = [], 0
         for index, first in enumerate(firsts):
-            path = _segment_path(self.directory, first)
-            segment = _Segment(first, path)
-            if index + 1 < len(firsts):
+            name = _segment_name(first)
+            following = firsts[index + 1] if index + 1 < len(firsts) else None
+            size = self._migrate_if_old(name, first, following)
+            segment = _Segment(first, name, size=size)
+            if following is not None:
                 # Closed segments were fsynced when they rolled: their count follows from names.
-                segment.count = firsts[index + 1] - first
-                segment.size = path.stat().st_size
+                segment.count = following - first
             else:
-                segment.count, segment.size = self._scan_tail(path)
-            if first + segment.count - 1 <= self._acked:
-                path.unlink()
+                segment.count, segment.size = self._scan_tail(segment)
+            if segment.end_seq - 1 <= self._acked:
+                self._unlink(name)
                 continue
             self._segments.append(segment)
             self._bytes += segment.size
         if self._segments:
-            last = self._segments[-1]
-            self._next_seq = last.first_seq + last.count
+            self._next_seq = self._segments[-1].end_seq
         self._next_seq = max(self._next_seq, self._acked + 1)
         self._rewind_reader()
 
-    @staticmethod
-    def _scan_tail(path: Path) -> tuple[int, int]:
-        """Count the whole records of the last segment and cut off a torn tail."""
-        data = path.read_bytes()
-        count, offset = _whole_records(data)
-        if offset != len(data):
-            with open(path, "r+b") as handle:
-                handle.truncate(offset)
-                os.fsync(handle.fileno())
-        return count, offset
+    def _read_acked(self) -> int:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=self._dir_fd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise UnsafePath(f"{ACKED_FILE} is not a regular file")
+                return int(os.read(fd, 64).decode().strip() or 0)
+            finally:
+                os.close(fd)
+        return 0
+
+    def _open_segment(self, name: str, flags: int) -> int:
+        return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._dir_fd)
+
+    def _scan_tail(self, segment: _Segment) -> tuple[int, int]:
+        """The record count of the newest segment (by its last intact record) and its size,
+        with anything after that record cut off: a write torn by a power loss."""
+        fd = self._open_segment(segment.name, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < len(FILE_MAGIC):
+                os.ftruncate(fd, 0)
+                os.write(fd, FILE_MAGIC)
+                return 0, len(FILE_MAGIC)
+            reader = _Reader(fd, len(FILE_MAGIC), size)
+            last_seq, good_end = segment.first_seq - 1, len(FILE_MAGIC)
+            while (found := reader.next()) is not None:
+                if found is not False:
+                    seq = found[0]  # type: ignore[index]
+                    if seq > last_seq:
+                        last_seq, good_end = seq, reader.offset
+            if good_end < size:
+                # Every record starts with the sync marker: those left in the cut-off bytes
+                # say how many records it held (a torn write holds a part of one).
+                lost = max(1, os.pread(fd, size - good_end, good_end).count(SYNC))
+                os.ftruncate(fd, good_end)
+                os.fsync(fd)
+                self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of "
+                                    f"{size - good_end} bytes cut off ({lost} records)")
+            return last_seq - segment.first_seq + 1, good_end
+        finally:
+            os.close(fd)
+
+    def _migrate_if_old(self, name: str, first: int, following: int | None) -> int:
+        """Rewrite a segment of the first format in this one; answer the segment's size."""
+        fd = self._open_segment(name, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC or size == 0:
+                return size
+            data = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+        out = [FILE_MAGIC]
+        offset, seq = 0, first
+        while offset + _V1_HEADER.size <= len(data):
+            length, crc, kind, accepted_at = _V1_HEADER.unpack_from(data, offset)
+            end = offset + _V1_HEADER.size + length
+            payload = data[offset + _V1_HEADER.size:end]
+            if kind > KIND_MAX or end > len(data) or zlib.crc32(payload) != crc:
+                break
+            out.append(encode_record(seq, kind, payload, accepted_at))
+            offset, seq = end, seq + 1
+        if following is not None and following > seq:
+            self._count_corrupt(following - seq, f"{name}: {following - seq} records of the "
+                                f"old format unreadable")
+        body = b"".join(out)
+        atomic_write(self._dir_fd, name, body, mode=0o600)
+        return len(body)
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
         self._read_seq = max(self._acked + 1, self.dropped_below)
         self._read_pos = (0, 0)
         for segment in self._segments:
-            if segment.first_seq + segment.count > self._read_seq:
+            if segment.end_seq > self._read_seq:
                 if segment.first_seq >= self._read_seq:
                     self._read_seq = segment.first_seq
-                    self._read_pos = (segment.first_seq, 0)
-                else:
-                    self._read_pos = (segment.first_seq, -1)  # resolved lazily by a scan
+                    self._read_pos = (segment.first_seq, len(FILE_MAGIC))
                 return
         self._read_seq = self._next_seq
 
@@ -232,14 +393,15 @@ class Spool:
         if len(data) > MAX_RECORD_BYTES:
             self._on_drop("oversize", 1)
             return 0
-        record = HEADER.pack(len(data), zlib.crc32(data), kind, time.time()) + data
         with self._lock:
-            try:
-                if self._fd < 0 or self._needs_roll():
-                    self._roll()
-                os.write(self._fd, record)
-            except OSError:
+            if self._dir_fd < 0:
                 self._on_drop("spool_error", 1)
+                return 0
+            record = encode_record(self._next_seq, kind, data, time.time())
+            try:
+                self._write(record)
+            except OSError as exc:
+                self._write_failed(exc)
                 return 0
             segment = self._segments[-1]
             segment.count += 1
@@ -251,6 +413,41 @@ class Spool:
             self._enforce_caps()
             return self._next_seq - self._read_seq
 
+    def _write(self, record: bytes) -> None:
+        if self._fd < 0 or self._needs_roll():
+            self._roll()
+        try:
+            written = os.write(self._fd, record)
+        except OSError as exc:
+            if exc.errno != 28 or not self._free_space():  # ENOSPC: make room, try once more
+                raise
+            written = os.write(self._fd, record)
+        if written != len(record):
+            # A short write (the disk filled mid-record): cut it off, so the file stays whole.
+            os.ftruncate(self._fd, self._segments[-1].size)
+            raise OSError(28, "No space left on device (short write)")
+
+    def _free_space(self) -> bool:
+        """Give up the oldest waiting segment to make room (counted); False if none can go."""
+        if len(self._segments) < 2:
+            return False
+        oldest = self._segments[0]
+        self._drop_below(oldest.end_seq, "disk_full")
+        self._forget_segment()
+        return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._on_drop("spool_error", 1)
+        now = time.monotonic()
+        if now - self._error_logged_at >= ERROR_LOG_SECONDS:
+            more = self._errors_unlogged
+            self._error_logged_at, self._errors_unlogged = now, 0
+            log.error("spool %s: cannot write a line, dropped (spool_error): %s%s",
+                      self.directory, exc.strerror or exc,
+                      f" ({more} more since the last such line)" if more else "")
+        else:
+            self._errors_unlogged += 1
+
     def _needs_roll(self) -> bool:
         segment = self._segments[-1]
         return segment.count >= self._segment_records or segment.size >= self._segment_bytes
@@ -258,33 +455,35 @@ class Spool:
     def _roll(self) -> None:
         if self._fd >= 0:
             # A closed segment's record count is read from the names at start: make it durable.
-            os.fdatasync(self._fd)
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
         if self._segments and self._segments[-1].count == 0:
             segment = self._segments[-1]
+            fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND)
         else:
-            segment = _Segment(self._next_seq, _segment_path(self.directory, self._next_seq))
+            segment = _Segment(self._next_seq, _segment_name(self._next_seq))
+            fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+            try:
+                if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
+                    raise OSError(28, "No space left on device (short write)")
+            except OSError:
+                os.close(fd)
+                self._unlink(segment.name)
+                raise
+            segment.size = len(FILE_MAGIC)
             self._segments.append(segment)
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._bytes += segment.size
+        self._fd = fd
 
-    def set_caps(self, max_records: int, max_bytes: int) -> None:
-        """New caps, in force at once: the oldest records past them are dropped and counted."""
-        with self._lock:
-            self.max_records, self.max_bytes = max_records, max_bytes
-            self._segment_records = max(1, min(4096, max_records // 16))
-            self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
-            if self._fd >= 0 and self._segments and self._needs_roll():
-                self._roll()  # so the old, larger segment can go whole
-            self._enforce_caps()
+    def _first_waiting(self) -> int:
+        return max(self._acked + 1, self._segments[0].first_seq, self.dropped_below)
 
     def _waiting_records(self) -> int:
         if not self._segments:
             return 0
-        return self._next_seq - self._first_waiting()
-
-    def _first_waiting(self) -> int:
-        return max(self._acked + 1, self._segments[0].first_seq, self.dropped_below)
+        return max(0, self._next_seq - self._first_waiting())
 
     def _drop_below(self, floor: int, reason: str) -> None:
         """Give up every waiting record numbered below `floor`, counting them under `reason`;
@@ -305,19 +504,27 @@ class Spool:
             self._drop_below(self._first_waiting() + excess, "cap_records")
         # Bytes can only be given back a whole file at a time: the oldest segments go.
         while len(self._segments) > 1 and self._bytes > self.max_bytes:
-            oldest = self._segments[0]
-            self._drop_below(oldest.first_seq + oldest.count, "cap_bytes")
+            self._drop_below(self._segments[0].end_seq, "cap_bytes")
             self._forget_segment()
         # Segments wholly below the floor hold nothing waiting: delete them.
-        while len(self._segments) > 1 and \
-                self._segments[0].first_seq + self._segments[0].count <= self.dropped_below:
+        while len(self._segments) > 1 and self._segments[0].end_seq <= self.dropped_below:
             self._forget_segment()
 
     def _forget_segment(self) -> None:
         oldest = self._segments.pop(0)
         self._bytes -= oldest.size
-        with contextlib.suppress(FileNotFoundError):
-            oldest.path.unlink()
+        self._unlink(oldest.name)
+
+    def set_caps(self, max_records: int, max_bytes: int) -> None:
+        """New caps, in force at once: the oldest records past them are dropped and counted."""
+        with self._lock:
+            self.max_records, self.max_bytes = max_records, max_bytes
+            self._segment_records = max(1, min(4096, max_records // 16))
+            self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
+            if self._fd >= 0 and self._segments and self._needs_roll():
+                with contextlib.suppress(OSError):
+                    self._roll()  # so the old, larger segment can go whole
+            self._enforce_caps()
 
     # -- the flusher side ---------------------------------------------------------------------
 
@@ -328,7 +535,7 @@ class Spool:
         taken = 0
         while len(out) < max_records and taken < max_bytes:
             with self._lock:
-                if self._read_seq >= self._next_seq:
+                if self._dir_fd < 0 or self._read_seq >= self._next_seq:
                     break
                 segment = self._segment_of(self._read_seq)
                 if segment is None:
@@ -336,44 +543,95 @@ class Spool:
                 seq = self._read_seq
                 first, offset = self._read_pos
                 if first != segment.first_seq:
-                    offset = 0 if seq == segment.first_seq else -1
-                end = segment.size
+                    offset = len(FILE_MAGIC)  # from the start, skipping what is already read
+                end, end_seq = segment.size, segment.end_seq
+                try:
+                    fd = self._open_segment(segment.name, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # cannot happen under the lock, but never loop on it
             try:
-                records, offset, next_seq, corrupt = _read_segment(
-                    segment.path, offset, end, seq, segment.first_seq,
-                    limit=max_records - len(out), max_bytes=max_bytes - taken)
-            except FileNotFoundError:
-                continue  # a cap dropped it while we read; the reader was moved on
+                records, offset, next_seq = self._read_from(
+                    fd, segment, offset, (end, end_seq), seq, limit=max_records - len(out),
+                    max_bytes=max_bytes - taken)
+            finally:
+                os.close(fd)
             with self._lock:
                 if self._read_seq != seq:
                     continue  # a cap dropped (and counted) what we read: don't also deliver it
                 out.extend(records)
                 taken += sum(len(r.data) for r in records)
-                if corrupt:
-                    after = segment.first_seq + segment.count
-                    self._on_drop("corrupt", after - next_seq)
-                    self._read_seq, self._read_pos = after, (after, 0)
-                else:
-                    self._read_seq, self._read_pos = next_seq, (segment.first_seq, offset)
-            if not records and not corrupt:
-                break
+                self._read_seq, self._read_pos = next_seq, (segment.first_seq, offset)
+                if not records and next_seq == seq:
+                    break
         return out
+
+    def _read_from(self, fd: int, segment: _Segment, offset: int, ends: tuple[int, int],
+                   seq: int, *, limit: int, max_bytes: int) -> tuple[list[SpooledRecord], int, int]:
+        """Records of `segment` numbered `seq` on, from byte `offset`, up to the byte size and
+        record count `ends` it had under the lock; the offset and the sequence number after
+        them. Records lost to damage are counted and logged."""
+        end, end_seq = ends
+        reader = _Reader(fd, offset, end)
+        records: list[SpooledRecord] = []
+        taken = 0
+        expected = seq
+        while len(records) < limit and taken < max_bytes:
+            position = reader.offset
+            found = reader.next()
+            if found is None:
+                break
+            if found is False:
+                continue
+            record_seq, kind, accepted_at, data = found  # type: ignore[misc]
+            if record_seq < expected:
+                continue  # read before (a scan from the segment's start)
+            if record_seq >= end_seq:
+                reader.offset = position
+                break
+            if record_seq > expected:
+                self._lost(segment, expected, record_seq)
+            records.append(SpooledRecord(record_seq, kind, data, accepted_at))
+            taken += len(data)
+            expected = record_seq + 1
+        else:
+            return records, reader.offset, expected
+        if reader.offset >= end and expected < end_seq:
+            # Damage ran to the end of the segment: everything after the last good record.
+            self._lost(segment, expected, end_seq)
+            expected = end_seq
+        return records, reader.offset, expected
+
+    def _lost(self, segment: _Segment, start: int, end: int) -> None:
+        start = max(start, self._corrupt_counted_below)
+        if end <= start:
+            return
+        self._corrupt_counted_below = end
+        self._count_corrupt(end - start, f"{segment.name}: {end - start} damaged records "
+                            f"skipped (sequence numbers {start} to {end - 1})")
+
+    def _count_corrupt(self, count: int, message: str) -> None:
+        self._on_drop("corrupt", count)
+        log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
 
     def _segment_of(self, seq: int) -> _Segment | None:
         for segment in self._segments:
-            if seq < segment.first_seq + segment.count:
+            if seq < segment.end_seq:
                 return segment
         return None
 
     def ack(self, through_seq: int) -> None:
-        """Everything up to `through_seq` is delivered (or given up): forget it for good."""
+        """Everything up to `through_seq` is delivered (or given up): forget it for good.
+
+        Never raises: a full disk only delays writing the acked file (the next `sync` tries
+        again); segments wholly delivered are deleted all the same, which frees room.
+        """
         with self._lock:
-            if through_seq <= self._acked:
+            if through_seq <= self._acked or self._dir_fd < 0:
                 return
             self._acked = through_seq
             while self._segments:
                 segment = self._segments[0]
-                if segment.first_seq + segment.count - 1 > through_seq:
+                if segment.end_seq - 1 > through_seq:
                     break
                 if segment is self._segments[-1]:
                     # Keep writing into it; it is empty of waiting records and stays small.
@@ -382,14 +640,22 @@ class Spool:
                     if self._fd >= 0:
                         os.close(self._fd)
                         self._fd = -1
-                self._segments.pop(0)
-                self._bytes -= segment.size
-                with contextlib.suppress(FileNotFoundError):
-                    segment.path.unlink()
-        tmp = self.directory / (ACKED_FILE + ".tmp")
-        tmp.write_text(f"{through_seq}\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.directory / ACKED_FILE)
+                self._forget_segment()
+            self._write_acked()
+
+    def _write_acked(self) -> None:
+        if self._acked == self._acked_on_disk or self._dir_fd < 0:
+            return
+        try:
+            atomic_write(self._dir_fd, ACKED_FILE, f"{self._acked}\n".encode(), mode=0o600)
+            self._acked_on_disk = self._acked
+        except OSError as exc:
+            now = time.monotonic()
+            if now - self._error_logged_at >= ERROR_LOG_SECONDS:
+                self._error_logged_at = now
+                log.error("spool %s: cannot write the acked file (%s); trying again; a restart "
+                          "before it is written sends some delivered records again",
+                          self.directory, exc.strerror or exc)
 
     def rewind(self) -> None:
         """Hand out again every record not yet acknowledged (after the flusher forgot a batch)."""
@@ -397,18 +663,45 @@ class Spool:
             self._rewind_reader()
 
     def sync(self, *, force: bool = False) -> None:
-        """Make written records survive a power loss, at most `sync_interval` after the write."""
+        """The flusher's turn at the disk: make written records survive a power loss at most
+        `sync_interval` after the write, retry the acked file, keep headroom on a filling
+        filesystem, and set up again a spool that could not be."""
+        now = time.monotonic()
         with self._lock:
+            if self._dir_fd < 0:
+                if now >= self._reopen_at:
+                    self._open()
+                return
+            self._write_acked()
+            if now >= self._next_headroom_check:
+                self._next_headroom_check = now + 1.0
+                self._keep_headroom()
             if not self._dirty_since or self._fd < 0:
                 return
-            if not force and time.monotonic() - self._dirty_since < self.sync_interval:
+            if not force and now - self._dirty_since < self.sync_interval:
                 return
             fd = os.dup(self._fd)
             self._dirty_since = 0.0
         try:
             os.fdatasync(fd)
+        except OSError as exc:
+            log.error("spool %s: fdatasync failed: %s", self.directory, exc.strerror or exc)
         finally:
             os.close(fd)
+
+    def _keep_headroom(self) -> None:
+        try:
+            info = os.statvfs(self._dir_fd)
+        except OSError:
+            return
+        free = info.f_bavail * info.f_frsize
+        reserve = min(HEADROOM_BYTES, HEADROOM_SHARE * info.f_blocks * info.f_frsize)
+        if free < reserve and self._waiting_records() and len(self._segments) > 1:
+            before = self._first_waiting()
+            self._free_space()
+            log.error("spool %s: the filesystem is nearly full (%d bytes free); gave up the "
+                      "oldest %d waiting records (disk_full)", self.directory, free,
+                      self._first_waiting() - before)
 
     def depth(self) -> tuple[int, int]:
         """Records waiting (in flight included) and the bytes their segments hold."""
@@ -418,7 +711,7 @@ class Spool:
     def pending_unread(self) -> int:
         """Records written and not yet handed to the flusher."""
         with self._lock:
-            return self._next_seq - self._read_seq
+            return max(0, self._next_seq - self._read_seq)
 
     def oldest_accepted_at(self) -> float | None:
         """When the oldest waiting record was accepted, if any waits."""
@@ -427,14 +720,17 @@ class Spool:
                 return None
             seq = self._first_waiting()
             segment = self._segment_of(seq)
-        if segment is None:
-            return None
+            if segment is None:
+                return None
+            try:
+                fd = self._open_segment(segment.name, os.O_RDONLY)
+            except OSError:
+                return None
+            size = segment.size
         try:
-            records, _, _, _ = _read_segment(segment.path, -1, segment.size, seq,
-                                             segment.first_seq, limit=1)
-        except FileNotFoundError:
-            return None
-        return records[0].accepted_at if records else None
+            return _first_accepted_at(fd, size, seq)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -443,34 +739,79 @@ class Spool:
                     os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+            with contextlib.suppress(OSError):
+                self._write_acked()
+            if self._dir_fd >= 0:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+
+
+def _first_accepted_at(fd: int, size: int, seq: int) -> float | None:
+    reader = _Reader(fd, len(FILE_MAGIC), size)
+    while (found := reader.next()) is not None:
+        if found is not False and found[0] >= seq:  # type: ignore[index]
+            return float(found[2])  # type: ignore[index]
+    return None
 
 
 def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
     """Records waiting, bytes held and the oldest waiting record's time, without changing
     anything (for `osquery-aws-logger status` while the extension may be running)."""
-    acked = _read_acked(directory)
-    segments = []
-    for first in _segment_firsts(directory):
-        path = _segment_path(directory, first)
-        with contextlib.suppress(OSError):
-            segments.append((first, path, path.stat().st_size))
-    if not segments:
+    try:
+        dir_fd = os.open(directory, DIR_FLAGS)
+    except OSError:
         return 0, 0, None
-    size = sum(s for _, _, s in segments)
-    last_first, last_path, _ = segments[-1]
-    last_count = 0
-    with contextlib.suppress(OSError):
-        last_count, _ = _whole_records(last_path.read_bytes())
-    first_waiting = max(acked + 1, segments[0][0])
-    records = max(0, last_first + last_count - first_waiting)
-    oldest = None
-    if records:
-        for index, (first, path, seg_size) in enumerate(segments):
-            end = segments[index + 1][0] if index + 1 < len(segments) else last_first + last_count
-            if first_waiting < end:
+    try:
+        acked = 0
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+            try:
+                acked = int(os.read(fd, 64).decode().strip() or 0)
+            finally:
+                os.close(fd)
+        segments = []
+        for name in sorted(os.listdir(dir_fd)):
+            if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit():
                 with contextlib.suppress(OSError):
-                    found, _, _, _ = _read_segment(path, -1, seg_size, max(first_waiting, first),
-                                                   first, limit=1)
-                    oldest = found[0].accepted_at if found else None
-                break
-    return records, size, oldest
+                    segments.append((int(name[:-len(SEGMENT_SUFFIX)]), name,
+                                     os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
+        if not segments:
+            return 0, 0, None
+        size = sum(s for _, _, s in segments)
+        last_first, last_name, last_size = segments[-1]
+        last_seq = last_first - 1
+        with contextlib.suppress(OSError):
+            fd = os.open(last_name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
+            try:
+                if os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC:
+                    reader = _Reader(fd, len(FILE_MAGIC), last_size)
+                    while (found := reader.next()) is not None:
+                        if found is not False:
+                            last_seq = max(last_seq, found[0])  # type: ignore[index]
+                else:  # the first format: count its whole records
+                    data = os.pread(fd, last_size, 0)
+                    offset = 0
+                    while offset + _V1_HEADER.size <= len(data):
+                        length = _V1_HEADER.unpack_from(data, offset)[0]
+                        offset += _V1_HEADER.size + length
+                        if offset <= len(data):
+                            last_seq += 1
+            finally:
+                os.close(fd)
+        first_waiting = max(acked + 1, segments[0][0])
+        records = max(0, last_seq + 1 - first_waiting)
+        oldest = None
+        if records:
+            for index, (first, name, seg_size) in enumerate(segments):
+                end = segments[index + 1][0] if index + 1 < len(segments) else last_seq + 1
+                if first_waiting < end:
+                    with contextlib.suppress(OSError):
+                        fd = os.open(name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
+                        try:
+                            oldest = _first_accepted_at(fd, seg_size, max(first_waiting, first))
+                        finally:
+                            os.close(fd)
+                    break
+        return records, size, oldest
+    finally:
+        os.close(dir_fd)

@@ -12,7 +12,7 @@ parser does not expect, goes to the generated Processor unchanged.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 from osquery.extensions import Extension
@@ -38,6 +38,15 @@ class NeedMore(Exception):
 
 class _Unexpected(Exception):
     """Not a shape the fast path knows: let the generated Processor answer it."""
+
+
+class Malformed(Exception):
+    """Bytes that are no Thrift binary message, or one over the size limit: close the peer."""
+
+
+#: A parsed fast-path message: its sequence id, where it ends, and (registry, item, request)
+#: for a call or None for a ping.
+_Parsed = tuple[bytes, int, "tuple[bytes, bytes, dict[bytes, bytes]] | None"]
 
 
 class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
@@ -98,16 +107,19 @@ class WireCodec:
     def answer(self, data: bytes | bytearray) -> tuple[bytes, int]:
         """The reply to the first message in `data`, and how many bytes that message took.
 
-        Raises NeedMore when `data` holds only part of a message.
+        Raises NeedMore when `data` holds only part of a message. Only parsing can raise it:
+        the handler and the spool run after the message is known to be whole, so a bug in
+        them can never pass for a short read and leave osqueryd waiting for an answer.
         """
         try:
-            return self._fast(data)
+            parsed = self._parse(data)
         except _Unexpected:
             return self._generated(data)
         except (struct.error, IndexError):
             raise NeedMore from None
+        return self._act(parsed)
 
-    def _fast(self, data: bytes | bytearray) -> tuple[bytes, int]:
+    def _parse(self, data: bytes | bytearray) -> _Parsed:
         if isinstance(data, bytearray):
             data = bytes(data)  # slices must be bytes (dict keys); rare: a message over reads
         if len(data) < 16:
@@ -124,7 +136,7 @@ class WireCodec:
                 raise NeedMore
             if data[pos] != TType.STOP:
                 raise _Unexpected
-            return _with_seqid(_PING_OK, seqid), pos + 1
+            return seqid, pos + 1, None
         if name != b"call":
             raise _Unexpected
         registry = item = None
@@ -156,19 +168,26 @@ class WireCodec:
                 raise _Unexpected
         if registry is None or item is None or request is None:
             raise _Unexpected
+        return seqid, pos, (registry, item, request)
+
+    def _act(self, parsed: _Parsed) -> tuple[bytes, int]:
+        seqid, end, call = parsed
+        if call is None:
+            return _with_seqid(_PING_OK, seqid), end
+        registry, item, request = call
         if registry == b"logger" and len(request) <= 2:
             line = request.get(b"string")
             if line is None and len(request) == 1:
                 line = request.get(b"snapshot")
             if line is not None and self._log_line(item.decode("utf-8", "surrogateescape"), line):
-                return _with_seqid(_CALL_OK, seqid), pos
+                return _with_seqid(_CALL_OK, seqid), end
         decoded = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
                    for k, v in request.items()}
         response = self._handler.call(registry.decode("utf-8", "surrogateescape"),
                                       item.decode("utf-8", "surrogateescape"), decoded)
         if response is OK_RESPONSE:
-            return _with_seqid(_CALL_OK, seqid), pos
-        return _with_seqid(_reply("call", Extension.call_result(success=response)), seqid), pos
+            return _with_seqid(_CALL_OK, seqid), end
+        return _with_seqid(_reply("call", Extension.call_result(success=response)), seqid), end
 
     def _generated(self, data: bytes | bytearray) -> tuple[bytes, int]:
         """Anything else, through osquery-python's generated Processor."""
@@ -194,3 +213,119 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
     if end > len(data):
         raise NeedMore
     return data[start:end], end
+
+
+#: Bytes each fixed-size Thrift type takes in the binary protocol.
+_FIXED_SIZE: Final = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8,
+                      TType.DOUBLE: 8}
+#: Deepest nesting of structs and containers a message may have (osquery's have two levels).
+_MAX_DEPTH: Final = 32
+_SIZES: Final = struct.Struct(">bbi")
+_LIST_HEADER: Final = struct.Struct(">bi")
+
+#: What a scan step yields: how many bytes of the message it needs to have been received.
+_Scan = Generator[int, None, int]
+
+
+class MessageScanner:
+    """Finds where a Thrift binary message ends while its bytes are still arriving.
+
+    Each call of `feed` resumes where the last stopped, so a message that arrives in a
+    thousand reads is walked once: time linear in its size, where parsing the whole buffer
+    again after every read was quadratic. Declared sizes are checked as soon as they are
+    read, so a message over `limit` bytes is refused before its bytes are read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data: bytes | bytearray = b""
+        self._steps = self._message()
+        self.need = next(self._steps)
+
+    def feed(self, data: bytes | bytearray) -> int | None:
+        """The message's length once `data` (all bytes so far) holds all of it, else None.
+
+        Raises Malformed for bytes that cannot be a message, or one over the limit.
+        """
+        self._data = data
+        try:
+            while self.need <= len(data):
+                self.need = self._steps.send(None)
+        except StopIteration as done:
+            end: int = done.value
+            return end
+        finally:
+            self._data = b""
+        return None
+
+    def _want(self, end: int) -> int:
+        if end > self.limit:
+            raise Malformed(f"a message of more than {self.limit} bytes")
+        return end
+
+    def _i32(self, pos: int) -> int:
+        value: int = _I32.unpack_from(self._data, pos)[0]
+        return value
+
+    def _message(self) -> _Scan:
+        yield 4
+        word = self._i32(0)
+        if word < 0:  # strict: version, then the name, then the sequence id
+            if word & 0xFFFF0000 != _VERSION_1:
+                raise Malformed("not a Thrift binary message")
+            yield 8
+            length = self._i32(4)
+            if length < 0:
+                raise Malformed("a negative name length")
+            pos = 8 + length + 4
+        else:  # old non-strict form: the name, its type byte, the sequence id
+            pos = 4 + word + 1 + 4
+        yield self._want(pos)
+        end = yield from self._skip(TType.STRUCT, pos, 0)
+        return end
+
+    def _skip(self, kind: int, pos: int, depth: int) -> _Scan:
+        if depth > _MAX_DEPTH:
+            raise Malformed("nested too deeply")
+        fixed = _FIXED_SIZE.get(kind)
+        if fixed is not None:
+            end = self._want(pos + fixed)
+            yield end
+            return end
+        if kind == TType.STRING:
+            yield self._want(pos + 4)
+            length = self._i32(pos)
+            if length < 0:
+                raise Malformed("a negative string length")
+            end = self._want(pos + 4 + length)
+            yield end
+            return end
+        if kind == TType.STRUCT:
+            while True:
+                yield self._want(pos + 1)
+                field = self._data[pos]
+                if field == TType.STOP:
+                    return pos + 1
+                yield self._want(pos + 3)
+                pos = yield from self._skip(field, pos + 3, depth + 1)
+        if kind == TType.MAP:
+            yield self._want(pos + 6)
+            key, value, size = _SIZES.unpack_from(self._data, pos)
+            return (yield from self._items(pos + 6, size, (key, value), depth))
+        if kind in (TType.LIST, TType.SET):
+            yield self._want(pos + 5)
+            element, size = _LIST_HEADER.unpack_from(self._data, pos)
+            return (yield from self._items(pos + 5, size, (element,), depth))
+        raise Malformed(f"unknown Thrift type {kind}")
+
+    def _items(self, pos: int, size: int, kinds: tuple[int, ...], depth: int) -> _Scan:
+        if size < 0:
+            raise Malformed("a negative container size")
+        if all(kind in _FIXED_SIZE for kind in kinds):
+            end = self._want(pos + size * sum(_FIXED_SIZE[kind] for kind in kinds))
+            yield end
+            return end
+        for _ in range(size):
+            for kind in kinds:
+                pos = yield from self._skip(kind, pos, depth + 1)
+        return pos

@@ -1,0 +1,338 @@
+"""The extension's Thrift server: one epoll loop, where no connection can hold up another.
+
+osqueryd opens a fresh connection for every call (a ping, then the log call) and closes it
+after the answer, so the cost per row is the cost per connection: here one thread accepts,
+reads, answers and closes, with no thread start and no lock per call, and the spool sees the
+lines in order. Every socket is non-blocking and watched by one epoll set, so a peer that
+connects and stalls, sends one byte at a time, or is mid-way through a 60 MB snapshot line
+costs the others nothing: each connection is a small state (bytes so far, a scanner that
+knows where its message ends, an answer still to write) with two deadlines, one for silence
+and one for the whole message. A message is parsed once, when all of it is in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any, Final
+
+from ._wire import Malformed, MessageScanner, NeedMore, WireCodec
+
+log = logging.getLogger("osquery_aws_logger.server")
+
+_READ: Final = select.EPOLLIN | select.EPOLLRDHUP
+_WRITE: Final = select.EPOLLOUT
+_GONE: Final = select.EPOLLHUP | select.EPOLLERR
+_RETRY: Final = (BlockingIOError, InterruptedError)
+
+
+class _Connection:
+    """One accepted connection: what it sent so far and what it is still owed."""
+
+    __slots__ = ("buffer", "fd", "last_progress", "outgoing", "scanner", "started")
+
+    def __init__(self, fd: int, now: float) -> None:
+        self.fd = fd
+        self.buffer: bytes | bytearray = b""
+        self.scanner: MessageScanner | None = None
+        self.outgoing = b""
+        self.started = now
+        self.last_progress = now
+
+
+class Server:
+    """Serves the Extension service on a UNIX socket until `stop()`."""
+
+    #: Longest the loop waits before it looks at deadlines and the stop flag again.
+    POLL_SECONDS: Final = 0.5
+    #: A connection that sends nothing (or reads nothing of its answer) this long is closed.
+    IDLE_SECONDS: Final = 10.0
+    #: A message still incomplete this long after its first byte is given up, whatever its
+    #: pace: osqueryd's own call timeout is far shorter, so nobody waits for the answer.
+    MESSAGE_SECONDS: Final = 60.0
+    #: A message declaring more than this is refused as soon as the declaration is read.
+    #: osquery's lines rarely pass a few MB; anything over 16 MiB is dropped as oversize anyway.
+    MAX_MESSAGE_BYTES: Final = 64 << 20
+    #: Connections kept at once; past it, the one silent the longest is closed for a new one,
+    #: so a crowd of stalled peers cannot lock osqueryd out.
+    MAX_CONNECTIONS: Final = 256
+    #: A message past this size is followed by returning freed memory to the system.
+    BIG_MESSAGE_BYTES: Final = 1 << 20
+    #: Bytes asked for per read: a call fits in one; a big line comes in at most this a time.
+    READ_BYTES: Final = 1 << 16
+    BIG_READ_BYTES: Final = 4 << 20
+    #: osqueryd opens a connection per call and closes it after the answer. Closing first, once
+    #: every call received is answered, saves waiting for that close: a wake-up and a read per
+    #: connection, two connections per row. A client that sends several calls on one
+    #: connection must send them together (they are all answered) or reconnect.
+    ONE_CALL_PER_CONNECTION: Final = True
+
+    def __init__(self, path: str, handler: Any) -> None:
+        self.path = path
+        self._codec = WireCodec(handler, handler.log_line)
+        self._stop = threading.Event()
+        self._connections: dict[int, _Connection] = {}
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(128)
+        self._listener.setblocking(False)
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll = select.epoll()
+        self._epoll.register(self._listener.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_read, select.EPOLLIN)
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from any thread or a signal handler."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"x")
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def serve(self) -> None:
+        listener = self._listener.fileno()
+        # socket.accept() wraps each connection in a socket object (more syscalls and
+        # allocations); the low-level _accept() answers the bare descriptor.
+        accept = self._listener._accept  # type: ignore[attr-defined]
+        poll = self._epoll.poll
+        connections = self._connections
+        next_sweep = time.monotonic() + self.POLL_SECONDS
+        try:
+            while not self._stop.is_set():
+                events = poll(self.POLL_SECONDS)
+                now = time.monotonic()
+                for fd, mask in events:
+                    if fd == listener:
+                        try:
+                            conn_fd, _ = accept()
+                        except _RETRY:
+                            continue
+                        except OSError as exc:
+                            self._accept_failed(exc)
+                            continue
+                        self._accepted(conn_fd, now)
+                    elif fd == self._wake_read:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_read, 512)
+                    else:
+                        connection = connections.get(fd)
+                        if connection is None:
+                            continue
+                        if mask & _WRITE:
+                            self._send(connection, now)
+                        elif mask & (_READ | _GONE):
+                            self._receive(connection, now)
+                if now >= next_sweep:
+                    next_sweep = now + self.POLL_SECONDS
+                    self._sweep(now)
+        finally:
+            for fd in list(connections):
+                self._close(connections[fd])
+            self._epoll.close()
+            self._listener.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._connections:
+            # Out of descriptors: make room by closing the connection silent the longest.
+            self._close(min(self._connections.values(), key=lambda c: c.last_progress))
+            log.warning("out of file descriptors with %d connections open; closed the most "
+                        "idle one", len(self._connections))
+        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+            log.warning("accept failed: %s", exc)
+
+    def _accepted(self, fd: int, now: float) -> None:
+        if len(self._connections) >= self.MAX_CONNECTIONS:
+            self._close(min(self._connections.values(), key=lambda c: c.last_progress))
+        os.set_blocking(fd, False)
+        connection = _Connection(fd, now)
+        self._connections[fd] = connection
+        # osqueryd writes its call right after connecting: try the read at once, and only
+        # when nothing is there yet watch the connection (two epoll_ctl calls saved per row).
+        if not self._receive(connection, now, first=True):
+            return
+        if connection.fd >= 0:
+            self._epoll.register(fd, _READ)
+
+    def _receive(self, connection: _Connection, now: float, *, first: bool = False) -> bool:
+        """Read what is there and answer what is whole. Answers True when the connection
+        waits for more and is not yet watched (only on the read right after accept)."""
+        fd = connection.fd
+        while True:
+            try:
+                size = self.READ_BYTES
+                if connection.scanner is not None and connection.scanner.need - \
+                        len(connection.buffer) > size:
+                    size = min(self.BIG_READ_BYTES, connection.scanner.need - len(connection.buffer))
+                data = os.read(fd, size)
+            except _RETRY:
+                return first
+            except OSError:
+                self._close(connection)
+                return False
+            if not data:
+                self._close(connection)  # the peer closed, as osqueryd does after every call
+                return False
+            connection.last_progress = now
+            if connection.buffer:
+                if not isinstance(connection.buffer, bytearray):
+                    connection.buffer = bytearray(connection.buffer)
+                connection.buffer += data
+            else:
+                connection.buffer = data
+            if not self._answer(connection, now):
+                return False
+            if connection.fd < 0 or connection.outgoing:
+                return False
+            if len(data) < size:
+                return first  # the socket is drained for now: wait for the next wake-up
+
+    def _answer(self, connection: _Connection, now: float) -> bool:
+        """Answer every whole message in the buffer; False once the connection is done."""
+        while connection.buffer:
+            buffer = connection.buffer
+            if connection.scanner is not None:
+                try:
+                    end = connection.scanner.feed(buffer)
+                except Malformed as exc:
+                    log.warning("closed a connection: %s", exc)
+                    self._close(connection)
+                    return False
+                if end is None:
+                    return True
+            try:
+                reply, used = self._codec.answer(buffer)
+            except NeedMore:
+                if connection.scanner is not None:
+                    # The scanner said the message is whole: the parser disagrees.
+                    log.warning("closed a connection: a malformed Thrift message")
+                    self._close(connection)
+                    return False
+                # Part of a message: from here the scanner says when it is whole, so it is
+                # parsed once and not again after every read.
+                connection.scanner = MessageScanner(self.MAX_MESSAGE_BYTES)
+                continue
+            except Exception as exc:  # a malformed message must not end the server
+                log.warning("closed a connection: a malformed Thrift message (%s)",
+                            type(exc).__name__)
+                self._close(connection)
+                return False
+            big = used >= self.BIG_MESSAGE_BYTES
+            connection.scanner = None
+            connection.started = now
+            connection.buffer = buffer[used:] if used < len(buffer) else b""
+            del buffer
+            if big:
+                release_memory()
+            if not self._write(connection, reply):
+                return False
+        if self.ONE_CALL_PER_CONNECTION and not connection.outgoing:
+            self._close(connection)
+            return False
+        return True
+
+    def _write(self, connection: _Connection, reply: bytes) -> bool:
+        data = connection.outgoing + reply if connection.outgoing else reply
+        try:
+            written = os.write(connection.fd, data) if not connection.outgoing else 0
+        except _RETRY:
+            written = 0
+        except OSError:
+            self._close(connection)
+            return False
+        if written < len(data):
+            # The peer is not reading its answer yet: keep the rest, send on EPOLLOUT.
+            if not connection.outgoing:
+                self._watch(connection, _WRITE)
+            connection.outgoing = data[written:]
+        return True
+
+    def _send(self, connection: _Connection, now: float) -> None:
+        try:
+            written = os.write(connection.fd, connection.outgoing)
+        except _RETRY:
+            return
+        except OSError:
+            self._close(connection)
+            return
+        connection.last_progress = now
+        connection.outgoing = connection.outgoing[written:]
+        if not connection.outgoing:
+            if self.ONE_CALL_PER_CONNECTION and not connection.buffer:
+                self._close(connection)
+            else:
+                self._watch(connection, _READ)
+                self._answer(connection, now)
+
+    def _watch(self, connection: _Connection, events: int) -> None:
+        try:
+            self._epoll.modify(connection.fd, events)
+        except FileNotFoundError:
+            self._epoll.register(connection.fd, events)
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections that stalled or have taken too long over one message."""
+        for connection in list(self._connections.values()):
+            if now - connection.last_progress >= self.IDLE_SECONDS:
+                self._close(connection)
+            elif connection.buffer and now - connection.started >= self.MESSAGE_SECONDS:
+                log.warning("closed a connection: a message still incomplete after %.0fs",
+                            self.MESSAGE_SECONDS)
+                self._close(connection)
+
+    def _close(self, connection: _Connection) -> None:
+        fd = connection.fd
+        if fd < 0:
+            return
+        connection.fd = -1
+        connection.buffer = connection.outgoing = b""
+        connection.scanner = None
+        self._connections.pop(fd, None)
+        # Closing removes the descriptor from the epoll set by itself.
+        os.close(fd)
+
+
+def _libc() -> Any:
+    # dlopen(NULL): the process's own symbols, glibc's among them. ctypes.util.find_library
+    # would start a subprocess (ldconfig) to find the same library.
+    try:
+        library = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return library if hasattr(library, "malloc_trim") and hasattr(library, "mallopt") else None
+
+
+_LIBC: Final = _libc()
+#: glibc's mallopt parameter for the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def tune_memory() -> None:
+    """Give every allocation of 256 KiB or more its own mapping, returned to the system on
+    free. glibc raises that threshold each time a big block is freed (up to 32 MiB), after
+    which the buffers of one giant line stay in the heap for good; fixing it keeps the
+    resident size near its resting level after a multi-MB snapshot line."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (after a big message)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
