@@ -83,7 +83,7 @@ class Server:
             os.unlink(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
-        self._listener.listen(128)
+        self._listener.listen(1024)  # bursts of connects wait for the loop, not fail
         self._listener.setblocking(False)
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll = select.epoll()

@@ -298,15 +298,23 @@ class Spool:
         self._rewind_reader()
 
     def _read_acked(self) -> int:
-        with contextlib.suppress(FileNotFoundError, ValueError):
+        try:
             fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=self._dir_fd)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise UnsafePath(f"{ACKED_FILE} is not a regular file")
-                return int(os.read(fd, 64).decode().strip() or 0)
-            finally:
-                os.close(fd)
-        return 0
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:  # a link planted in its place (ELOOP): never read through it
+            log.warning("spool %s: ignored the %s file: %s", self.directory, ACKED_FILE,
+                        exc.strerror or exc)
+            return 0
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.warning("spool %s: ignored %s: not a regular file", self.directory, ACKED_FILE)
+                return 0
+            return int(os.read(fd, 64).decode().strip() or 0)
+        except ValueError:
+            return 0
+        finally:
+            os.close(fd)
 
     def _open_segment(self, name: str, flags: int) -> int:
         return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
