@@ -357,7 +357,9 @@ class Spool:
         fd = self._open_segment(name, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            if os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC or size == 0:
+            head = os.pread(fd, len(FILE_MAGIC) + len(SYNC), 0)
+            # This format: the magic, or (a damaged magic) a record's sync marker right after.
+            if size == 0 or head.startswith(FILE_MAGIC) or head[len(FILE_MAGIC):] == SYNC:
                 return size
             data = os.pread(fd, size, 0)
         finally:
@@ -375,6 +377,9 @@ class Spool:
         if following is not None and following > seq:
             self._count_corrupt(following - seq, f"{name}: {following - seq} records of the "
                                 f"old format unreadable")
+        elif following is None and offset < len(data):
+            self._count_corrupt(1, f"{name}: a torn tail of {len(data) - offset} bytes in the "
+                                f"old format cut off (1 record)")
         body = b"".join(out)
         atomic_write(self._dir_fd, name, body, mode=0o600)
         return len(body)

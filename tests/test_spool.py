@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
+from osquery_aws_logger._spool import (
+    _LENGTH,
+    FILE_MAGIC,
+    HEADER,
+    KIND_RESULT,
+    KIND_STATUS,
+    SEGMENT_SUFFIX,
+    Spool,
+)
 
 
 def make(path: Path, drops: Counter[str] | None = None, **kw: int) -> Spool:
@@ -175,3 +185,150 @@ def test_every_record_is_delivered_exactly_once_in_order_across_restarts(
 def spool_seq(value: int) -> int:
     # Records are numbered from 1 in write order, and these tests write value i as record i+1.
     return value + 1
+
+
+# -- damage, the first format, caps at run time, links -------------------------------------------
+
+def _fill_segments(path: Path, count: int) -> tuple[list[bytes], Spool]:
+    spool = make(path, max_records=16 * 40)  # segments of 40 records
+    payloads = [b'{"row":%d,"pad":"%s"}' % (i, b"p" * (i % 37)) for i in range(count)]
+    for data in payloads:
+        spool.append(KIND_RESULT, data)
+    spool.close()
+    return payloads, spool
+
+
+def _record_spans(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """Each segment's records as (start, end) byte ranges, read from a pristine spool."""
+    spans = {}
+    for segment in sorted(path.glob("*" + SEGMENT_SUFFIX)):
+        data = segment.read_bytes()
+        offset, ranges = len(FILE_MAGIC), []
+        while offset < len(data):
+            (length,) = _LENGTH.unpack_from(data, offset + 8)
+            ranges.append((offset, offset + HEADER.size + length))
+            offset += HEADER.size + length
+        spans[segment.name] = ranges
+    return spans
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_flipped_bytes_cost_exactly_the_records_they_touch(tmp_path_factory: pytest.TempPathFactory,
+                                                          data: st.DataObject) -> None:
+    path = tmp_path_factory.mktemp("damage") / "s"
+    payloads, _ = _fill_segments(path, 200)
+    spans = _record_spans(path)
+    names = sorted(spans)
+    touched = 0
+    for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True)):
+        ranges = spans[name]
+        # Anywhere after the file magic, short of the newest segment's last record (a damaged
+        # tail is cut off and counted by the record starts left in it: tested on its own).
+        limit = ranges[-1][0] if name == names[-1] else ranges[-1][1]
+        start = data.draw(st.integers(ranges[0][0], limit - 1))
+        length = data.draw(st.integers(1, min(64, limit - start)))
+        raw = bytearray((path / name).read_bytes())
+        for index in range(start, start + length):
+            raw[index] ^= 0xFF
+        (path / name).write_bytes(bytes(raw))
+        touched += sum(1 for a, b in ranges if a < start + length and start < b)
+    drops: Counter[str] = Counter()
+    spool = make(path, drops, max_records=16 * 40)
+    got = []
+    while batch := spool.read(37):
+        got += batch
+    assert drops["corrupt"] == touched
+    assert len(got) + touched == len(payloads)
+    assert all(payloads[r.seq - 1] == r.data for r in got)
+    spool.rewind()  # read again: the damage is not counted twice
+    while spool.read(100):
+        pass
+    assert drops["corrupt"] == touched
+
+
+def test_a_damaged_tail_is_cut_and_counted_by_the_record_starts_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    payloads, _ = _fill_segments(path, 30)
+    newest = sorted(path.glob("*" + SEGMENT_SUFFIX))[-1]
+    spans = _record_spans(path)[newest.name]
+    raw = bytearray(newest.read_bytes())
+    start = spans[-3][0] + 40  # inside the third-last record; the two after stay intact
+    raw[start:start + 4] = b"\0\0\0\0"
+    newest.write_bytes(bytes(raw[:spans[-1][0] + 20]))  # and the last one torn
+    drops: Counter[str] = Counter()
+    spool = make(path, drops, max_records=16 * 40)
+    got = spool.read(100)
+    assert [r.data for r in got] == [*payloads[:27], payloads[28]]
+    assert drops["corrupt"] == 2  # the damaged one, and the torn last one
+
+
+def test_a_damaged_file_magic_costs_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    payloads, _ = _fill_segments(path, 100)
+    for segment in path.glob("*" + SEGMENT_SUFFIX):
+        raw = bytearray(segment.read_bytes())
+        raw[:8] = b"garbage!"
+        segment.write_bytes(bytes(raw))
+    drops: Counter[str] = Counter()
+    got = make(path, drops, max_records=16 * 40).read(1000)
+    assert [r.data for r in got] == payloads and not drops
+
+
+def test_segments_of_the_first_format_are_migrated_once(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir(mode=0o700)
+    old = struct.Struct("<IIBd")
+    firsts = {1: [b'{"a":%d}' % i for i in range(5)], 6: [b'{"b":%d}' % i for i in range(3)]}
+    for first, rows in firsts.items():
+        body = b"".join(old.pack(len(r), zlib.crc32(r), KIND_RESULT, 1.5) + r for r in rows)
+        (path / f"{first:020d}{SEGMENT_SUFFIX}").write_bytes(body + b"\x07torn")
+    (path / "acked").write_text("2\n")
+    drops: Counter[str] = Counter()
+    spool = make(path, drops)
+    got = spool.read(100)
+    assert [(r.seq, r.data) for r in got] == [(3, b'{"a":2}'), (4, b'{"a":3}'), (5, b'{"a":4}'),
+                                              (6, b'{"b":0}'), (7, b'{"b":1}'), (8, b'{"b":2}')]
+    assert got[0].accepted_at == 1.5
+    assert drops["corrupt"] == 1  # the torn tail of the newest
+    spool.append(KIND_RESULT, b"new")
+    assert spool.read(10)[0].seq == 9
+
+
+def test_lowered_caps_take_effect_at_once(tmp_path: Path) -> None:
+    drops: Counter[str] = Counter()
+    spool = make(tmp_path / "s", drops)
+    for i in range(3000):
+        spool.append(KIND_RESULT, b"%d" % i)
+    spool.set_caps(64, 1 << 30)
+    assert drops["cap_records"] == 3000 - 64
+    assert [r.data for r in spool.read(1000)] == [b"%d" % i for i in range(3000 - 64, 3000)]
+    spool.set_caps(64, 1)  # bytes: whole old segments go once a new one is begun
+    spool.append(KIND_RESULT, b"last")
+    assert spool.depth()[0] <= 1
+
+
+def test_an_unusable_directory_drops_and_counts_and_recovers(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    drops: Counter[str] = Counter()
+    spool = make(blocker / "s", drops)
+    assert "not a directory" in spool.problem
+    assert spool.append(KIND_RESULT, b"x") == 0 and drops["spool_error"] == 1
+    assert spool.read(10) == [] and spool.depth() == (0, 0)
+    blocker.unlink()
+    blocker.mkdir()
+    spool._reopen_at = 0.0  # the pause before the next attempt is over
+    spool.sync()
+    assert spool.problem == ""
+    spool.append(KIND_RESULT, b"y")
+    assert [r.data for r in spool.read(10)] == [b"y"]
+
+
+def test_a_link_in_place_of_the_spool_directory_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "s").symlink_to(target)
+    spool = make(tmp_path / "s")
+    assert "symbolic link" in spool.problem
+    assert list(target.iterdir()) == []

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from osquery.extensions import Extension
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TTransport
 
-from osquery_aws_logger._wire import OK_RESPONSE, NeedMore, WireCodec
+from osquery_aws_logger._wire import OK_RESPONSE, Malformed, MessageScanner, NeedMore, WireCodec
 
 
 class Recorder:
@@ -140,3 +140,54 @@ def test_any_call_gets_the_same_reply_as_from_the_generated_code(
     assert reply == expected
     # The fast path only ever skips the handler for a log line it handed to the sink.
     assert len(fast.calls) + len(fast.lines) == 1
+
+
+# -- the scanner: where a message ends, while its bytes arrive ----------------------------------
+
+def _call_message(request: dict[str, str]) -> bytes:
+    buffer = TTransport.TMemoryBuffer()
+    Extension.Client(TBinaryProtocol.TBinaryProtocol(buffer)).send_call("logger", "aws_kinesis",
+                                                                        request)
+    return bytes(buffer.getvalue())
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=st.dictionaries(st.text(max_size=20), st.text(max_size=300), max_size=20),
+       cuts=st.lists(st.integers(1, 4000), max_size=30), tail=st.binary(max_size=20))
+def test_the_scanner_finds_the_end_however_the_bytes_arrive(
+        request: dict[str, str], cuts: list[int], tail: bytes) -> None:
+    message = _call_message(request)
+    stream = message + tail
+    scanner = MessageScanner(1 << 20)
+    buffer = b""
+    end = None
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        buffer = stream[:cut]
+        end = scanner.feed(buffer)
+        if end is not None:
+            break
+    assert end == len(message)
+    assert len(buffer) >= end
+
+
+def test_the_scanner_refuses_a_message_over_the_limit_from_its_declaration() -> None:
+    message = _call_message({"string": "x" * 5000})
+    scanner = MessageScanner(4096)
+    with pytest.raises(Malformed, match="more than 4096"):
+        # Only the head: the declared length of the line is enough to refuse it.
+        scanner.feed(message[:message.index(b"string") + 10])
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\n", b"\x80\x02\x00\x01", b"\xff" * 32])
+def test_the_scanner_refuses_bytes_that_are_no_thrift_message(data: bytes) -> None:
+    with pytest.raises(Malformed):
+        MessageScanner(1 << 20).feed(data)
+
+
+def test_a_handler_bug_raising_index_error_is_not_taken_for_a_short_read() -> None:
+    def broken_sink(item: str, line: bytes) -> bool:
+        raise IndexError("a bug in the spool")
+
+    codec = WireCodec(object(), broken_sink)
+    with pytest.raises(IndexError):
+        codec.answer(_call_message({"string": "{}"}))
