@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001 PLR0917  (the multiplication sign is meant; helpers take the shared pieces)
 """`make bench`: issue 6's figures, each measured beside its floor in the same run.
 
-    python -m bench.run [--quick] [--reps N] [--only cost,drain,latency,memory,profile] ...
+    python -m bench.run [--quick] [--reps N] [--only cost,drain,latency,memory,profile,savings,hardening] ...
 
 Prints a table and writes bench/results.json, bench/results.png and bench/PROFILE.md.
 See bench/README.md for what each number means.
@@ -36,6 +36,8 @@ from bench.common import (
     memory,
     source_state,
 )
+from bench.hardening import section_hardening
+from bench.hardening import table_rows as hardening_rows
 from bench.profile import profile_extension, write_markdown
 from bench.savings import section_savings
 from bench.savings import table_rows as savings_rows
@@ -547,6 +549,8 @@ def table(results: dict[str, Any]) -> str:
                      f"{drain['extension_records_per_s'] / builtin:.0f}×", ""))
     if results.get("savings"):
         rows += savings_rows(results["savings"])
+    if results.get("hardening"):
+        rows += hardening_rows(results["hardening"])
     header = ("figure", "extension", "floor", "ratio / target", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -573,7 +577,7 @@ def histogram(values_ms: list[float], width: int = 50) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
-SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings")
+SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening")
 
 
 def main() -> None:
@@ -596,6 +600,10 @@ def main() -> None:
     parser.add_argument("--cap-bytes", type=int, default=64 * MIB)
     parser.add_argument("--cap-records", type=int, default=2000)
     parser.add_argument("--profile-seconds", type=float, default=15.0)
+    parser.add_argument("--giant-line-mb", type=int, default=60)
+    parser.add_argument("--giant-reps", type=int, default=3)
+    parser.add_argument("--ping-count", type=int, default=2000)
+    parser.add_argument("--idle-connections", type=int, default=50)
     parser.add_argument("--output", help="results JSON (default bench/results.json for a full run, "
                                           "bench/out/results.json for a partial or --quick one)")
     parser.add_argument("--chart", help="chart PNG, '' for none (default beside --output's default)")
@@ -606,6 +614,7 @@ def main() -> None:
         args.latency_seconds, args.latency_floor_seconds = 5.0, 3.0
         args.spool_gib, args.cap_bytes, args.cap_records = 0.05, 4 * MIB, 500
         args.profile_seconds = 5.0
+        args.giant_line_mb, args.giant_reps, args.ping_count = 8, 1, 200
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
@@ -626,7 +635,8 @@ def main() -> None:
         f"{', '.join(wanted)}")
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
         "cost": section_cost, "profile": section_profile, "drain": section_drain,
-        "latency": section_latency, "memory": section_memory, "savings": section_savings}
+        "latency": section_latency, "memory": section_memory, "savings": section_savings,
+        "hardening": section_hardening}
     with Drivers(args.drivers) as drivers:
         for name in SECTIONS:
             if name in wanted:
