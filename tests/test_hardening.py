@@ -65,9 +65,18 @@ def read_reply(sock: socket.socket, method: str) -> Any:
 def connect(path: str, timeout: float = 10.0) -> socket.socket:
     """A connection with osqueryd's 10 s receive timeout: a call that would hang fails."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)  # blocking, as osqueryd's client connects
     sock.settimeout(timeout)
-    return sock
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            # The listen backlog is full: a server that accepts nothing fails here in time.
+            if time.monotonic() >= deadline:
+                sock.close()
+                raise
+            time.sleep(0.01)
 
 
 def table(ext: RunningExtension) -> dict[str, dict[str, str]]:

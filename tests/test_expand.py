@@ -1,0 +1,68 @@
+"""Batch-format result lines expand into exactly osqueryd's event lines (fidelity, pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from osquery_aws_logger._expand import expand
+from tests.query_log import QueryRun, batch_line, event_lines
+
+names = st.text(min_size=1, max_size=12)
+texts = st.text(max_size=16)  # unicode and empty values included
+
+
+def rows(numerics: bool) -> st.SearchStrategy[list[dict[str, Any]]]:
+    value = st.one_of(texts, st.integers(-(1 << 63), (1 << 63) - 1),
+                      st.floats(allow_nan=False, allow_infinity=False)) if numerics else texts
+    return st.lists(st.dictionaries(names, value, max_size=6), max_size=8)
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> QueryRun:
+    numerics = draw(st.booleans())
+    snapshot = draw(st.booleans())
+    run = QueryRun(
+        name=draw(names), host_identifier=draw(texts), epoch=draw(st.integers(0, 1 << 32)),
+        counter=draw(st.integers(0, 1 << 32)), unix_time=draw(st.integers(0, 1 << 33)),
+        numerics=numerics,
+        # Decoration names that are not legacy field names (osquery would write both keys).
+        decorations=draw(st.dictionaries(names.filter(lambda n: n not in {
+            "name", "hostIdentifier", "calendarTime", "unixTime", "epoch", "counter",
+            "numerics", "decorations", "columns", "action", "diffResults", "snapshot"}),
+            texts, max_size=3)),
+        decorations_top_level=draw(st.booleans()))
+    if snapshot:
+        run.snapshot = draw(rows(numerics))
+    else:
+        run.removed = draw(rows(numerics))
+        run.added = draw(rows(numerics))
+    return run
+
+
+def dump(document: Any) -> str:
+    # Key order counts: compare the JSON text, as osquery writes it.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(run=runs())
+def test_a_batch_line_expands_into_exactly_the_event_lines(run: QueryRun) -> None:
+    events = expand(json.loads(batch_line(run)))
+    assert events is not None
+    assert [dump(event) for event in events] == event_lines(run)
+
+
+@given(run=runs())
+def test_event_lines_pass_unchanged(run: QueryRun) -> None:
+    for line in event_lines(run):
+        assert expand(json.loads(line)) is None
+
+
+def test_a_line_that_only_looks_like_a_batch_is_left_alone() -> None:
+    assert expand({"name": "q", "snapshot": [{"a": "1"}]}) is None  # no action "snapshot"
+    assert expand({"name": "q", "diffResults": {"added": "not rows"}}) is None
+    assert expand({"name": "q", "diffResults": {"removed": [], "added": []}}) == []
