@@ -15,6 +15,7 @@ from ._aws import AwsClients, resolve_credentials, service_region
 from ._errors import DeliveryError
 from ._flags import add_option_flags, expand_flagfiles
 from ._flusher import SERVICES, delivery_error
+from ._safefs import spool_problem
 from ._settings import CUSTOM_PREFIX, OPTION_NAMES, OPTIONS, Settings, parse_settings
 from ._status import read_status
 
@@ -40,7 +41,8 @@ def status_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     elif not rows:
-        print(f"no spool under {args.aws_logger_spool_dir}")
+        problem = spool_problem(Path(args.aws_logger_spool_dir))
+        print(f"no spool under {args.aws_logger_spool_dir}" + (f": {problem}" if problem else ""))
     else:
         now = int(time.time())
         print(f"{'plugin':18s} {'state':10s} {'waiting':>9s} {'oldest':>7s} {'delivered':>10s} "

@@ -36,8 +36,8 @@ def parent_problem(path: Path) -> str | None:
     for ancestor in Path(os.path.abspath(path)).parents:
         try:
             info = os.stat(ancestor)
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # made later; or under a file, which a nearer-root step reports
         except OSError as exc:
             return f"cannot inspect {ancestor}: {exc.strerror or exc}"
         if not stat.S_ISDIR(info.st_mode):
@@ -47,6 +47,19 @@ def parent_problem(path: Path) -> str | None:
                     f"could plant links in the spool's path")
         if info.st_uid not in (0, me):
             return f"{ancestor} is owned by uid {info.st_uid}, not root or this process's user"
+    return None
+
+
+def spool_problem(root: Path) -> str | None:
+    """Why the extension would refuse a spool under `root`, as far as can be seen from outside
+    (for `osquery-aws-logger status`, which never creates anything)."""
+    problem = parent_problem(root / "kinesis")
+    if problem:
+        return problem
+    if os.path.islink(root):
+        return f"{root} is a symbolic link; the spool never follows one"
+    if os.path.lexists(root) and not os.path.isdir(root):
+        return f"{root} is not a directory"
     return None
 
 

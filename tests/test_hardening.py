@@ -24,7 +24,7 @@ from thrift.transport import TTransport
 
 from osquery_aws_logger._spool import SEGMENT_SUFFIX
 from tests.conftest import Aws
-from tests.harness import RunningExtension, result_lines, wait_for
+from tests.harness import EXTENSION_COMMAND, RunningExtension, result_lines, wait_for
 
 Factory = type[RunningExtension]
 
@@ -366,6 +366,10 @@ def test_an_unusable_spool_keeps_the_extension_registered_and_ships_once_fixed(
         assert row["state"] == "disabled" and "unusable" in row["last_error"]
         assert int(row["dropped_other"]) == 10
         assert ext.proc is not None and ext.proc.poll() is None
+        status = subprocess.run([str(EXTENSION_COMMAND), "status", "--aws_logger_spool_dir",
+                                 str(blocker / "spool")], check=False, capture_output=True,
+                                text=True)
+        assert status.returncode == 1 and "is not a directory" in status.stdout
         blocker.unlink()
         blocker.mkdir(mode=0o755)
         wait_for(lambda: table(ext)["kinesis"]["state"] != "disabled", 30, "the spool set up again")
