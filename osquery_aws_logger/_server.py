@@ -19,9 +19,13 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Any, Final
+
+from thrift.protocol.TProtocol import TProtocolException
+from thrift.transport.TTransport import TTransportException
 
 from ._wire import Malformed, MessageScanner, NeedMore, WireCodec
 
@@ -228,9 +232,13 @@ class Server:
                 # parsed once and not again after every read.
                 connection.scanner = MessageScanner(self.MAX_MESSAGE_BYTES)
                 continue
-            except Exception as exc:  # a malformed message must not end the server
+            except (TProtocolException, TTransportException, EOFError, struct.error) as exc:
                 log.warning("closed a connection: a malformed Thrift message (%s)",
                             type(exc).__name__)
+                self._close(connection)
+                return False
+            except Exception:  # a bug answering must not end the server: say where it is
+                log.exception("could not answer a message; connection closed")
                 self._close(connection)
                 return False
             big = used >= self.BIG_MESSAGE_BYTES
