@@ -28,10 +28,12 @@ from osquery.extensions.ttypes import (
 from thrift.transport import TSocket, TTransport
 
 from . import __version__
+from ._accumulator import Accumulator
 from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
-from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
+from ._flusher import Flusher, local_host_identifier
+from ._service import SERVICES
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
@@ -430,8 +432,8 @@ class LoggerExtension:
             spool = Spool(directory, max_records=self.settings.buffered_log_max,
                           max_bytes=self.settings.aws_logger_spool_max_bytes,
                           on_drop=counters.drop)
-            channels.append(Channel(name, SERVICES[service], spool, counters, self.settings,
-                                    host_identifier=host))
+            channels.append(Accumulator(name, SERVICES[service], spool, counters, self.settings,
+                                        host_identifier=host, now=time.monotonic()))
         self.flusher = Flusher(channels, self.settings, problems=self.problems)
         try:
             names = self._register(suffix)
@@ -442,7 +444,7 @@ class LoggerExtension:
         for channel, (service, name) in zip(channels, names.items(), strict=True):
             channel.plugin = name
             self.plugins[name] = LoggerPlugin(
-                name, service, channel.spool, channel.counters, self.flusher.wake,
+                name, service, channel.intake, channel.counters, self.flusher.wake,
                 lambda: self._version, lambda: self.settings, host)
         self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
             self.plugins, self._reread.set, self.stopping.set, StatusTable(self.flusher.rows)))
@@ -510,8 +512,8 @@ class LoggerExtension:
             return 0
         timeout = float(self.settings.aws_logger_shutdown_timeout)
         drained = self.flusher.stop(timeout)
-        left = sum(c.spool.depth()[0] for c in self.flusher.channels)
-        for channel in self.flusher.channels:
+        left = sum(c.depth()[0] for c in self.flusher.accumulators)
+        for channel in self.flusher.accumulators:
             # One machine-readable line per plugin, so the last figures survive in the log.
             log.info("%s: counters %s", channel.plugin,
                      json.dumps(channel.counters.snapshot(), sort_keys=True))
