@@ -230,6 +230,7 @@ class _Destination:
         self.pending_bytes = 0
         self.next_flush_at = 0.0
         self.generation = 0
+        self.in_flight = False  # a batch was handed out and not yet reported on
 
     def waiting(self) -> int:
         """Rows accepted and not yet delivered or dropped (read or not)."""
@@ -242,6 +243,7 @@ class _Destination:
         self.open.clear()
         self.pending_rows = self.pending_bytes = 0
         self.generation += 1
+        self.in_flight = False
         self.ledger.reset()
 
 
@@ -571,7 +573,7 @@ class Accumulator:
     # -- what may go --------------------------------------------------------------------------
 
     def _due(self, lane: _Destination, now: float, *, draining: bool) -> bool:
-        if not lane.health.backoff.ready(now) or not lane.waiting():
+        if lane.in_flight or not lane.health.backoff.ready(now) or not lane.waiting():
             return False
         if draining or lane.waiting() >= self.service.limits.max_records:
             return True
@@ -608,6 +610,7 @@ class Accumulator:
                     count = batch_length(lane.pending, self.service.limits)
                     batches.append(Batch(lane.stream, tuple(lane.pending[i] for i in range(count)),
                                          lane, lane.generation))
+                    lane.in_flight = True
                     continue
                 lane.next_flush_at = now + self.view.period
             else:
@@ -632,6 +635,7 @@ class Accumulator:
         lane = self._current(batch)
         if lane is None:
             return
+        lane.in_flight = False
         entries = batch.entries
         for _ in entries:
             lane.pending.popleft()
@@ -679,6 +683,8 @@ class Accumulator:
         if error.throttled:
             self.counters.throttled += rows
         lane = self._current(batch)
+        if lane is not None:
+            lane.in_flight = False
         health = lane.health if lane is not None else self._health_of(batch.destination)
         if error.retriable:
             delay = health.backoff.failed(now)
