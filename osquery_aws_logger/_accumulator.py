@@ -61,6 +61,7 @@ log = logging.getLogger("osquery_aws_logger.flusher")
 
 #: Most rows moved from the intake to destination spools per turn of the loop.
 ROUTE_CHUNK_RECORDS: Final = 4096
+ROUTE_CHUNK_BYTES: Final = 8 << 20
 #: At most one health line (state change) per destination per this many seconds.
 HEALTH_LOG_INTERVAL_SECONDS: Final = 10.0
 #: States from best to worst: a plugin shows its worst destination's.
@@ -427,7 +428,7 @@ class Accumulator:
 
     def _route(self, now: float) -> None:
         """Move rows from the intake to their destinations' spools (several destinations)."""
-        records = self.intake.read(ROUTE_CHUNK_RECORDS)
+        records = self.intake.read(ROUTE_CHUNK_RECORDS, ROUTE_CHUNK_BYTES)
         if not records:
             return
         touched: dict[str, Spool] = {}

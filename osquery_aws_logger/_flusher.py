@@ -129,6 +129,8 @@ class Flusher:
             self._recheck_at.clear()
             for accumulator in self.accumulators:
                 accumulator.apply(settings, now)
+                if accumulator.counters.state == "disabled" and not self._problem(accumulator):
+                    accumulator.counters.state = accumulator.state()
 
     def _problem(self, accumulator: Accumulator) -> str | None:
         return "; ".join(self._problems) or self._settings.stream_problem(accumulator.service.name)
