@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,13 +225,18 @@ def test_gzipped_packs_are_checked_once_closed(tmp_path: Path) -> None:
     assert sum(b.rows for b in ready.batches) == 50 and counters.dropped["oversize"] == 0
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROUTED = {"aws_kinesis_routes": (("side", ("pack_side_*",)),)}
+
+
+@pytest.mark.parametrize("options", [{}, ROUTED], ids=["in place", "routed"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.tuples(st.integers(0, 40),  # rows appended
                                 st.lists(st.booleans(), max_size=60),  # entry outcomes
                                 st.booleans()),  # restart afterwards
                       min_size=1, max_size=8))
 def test_across_restarts_every_row_is_delivered_and_nothing_unsent_is_acknowledged(
-        tmp_path_factory: Any, steps: list[tuple[int, list[bool], bool]]) -> None:
+        tmp_path_factory: Any, options: dict[str, Any],
+        steps: list[tuple[int, list[bool], bool]]) -> None:
     directory = tmp_path_factory.mktemp("acc")
 
     def start() -> tuple[Accumulator, Spool]:
@@ -238,14 +244,15 @@ def test_across_restarts_every_row_is_delivered_and_nothing_unsent_is_acknowledg
         spool = Spool(directory / "kinesis", max_records=100_000, max_bytes=1 << 30,
                       on_drop=counters.drop)
         return Accumulator("aws_kinesis", KINESIS, spool, counters,
-                           Settings(aws_kinesis_stream="main"), host_identifier="h"), spool
+                           Settings(aws_kinesis_stream="main", **options),
+                           host_identifier="h"), spool
 
     accumulator, spool = start()
     appended = 0
     delivered: set[int] = set()
     for count, outcomes, restart in steps:
         for _ in range(count):
-            spool.append(KIND_RESULT, line(appended))
+            spool.append(KIND_RESULT, line(appended, name=f"pack_{'side' if appended % 3 else 'm'}_q"))
             appended += 1
         for batch in accumulator.ready(1e9, draining=True).batches:
             codes = [None if (outcomes[i] if i < len(outcomes) else True) else "InternalFailure"
@@ -255,11 +262,31 @@ def test_across_restarts_every_row_is_delivered_and_nothing_unsent_is_acknowledg
         if restart:
             accumulator.close()
             accumulator, spool = start()
-            # What the spool still holds is at least every row not yet delivered.
-            waiting = spool.depth()[0]
-            assert waiting >= appended - len(delivered)
+            # What the spools still hold is at least every row not yet delivered.
+            assert accumulator.depth()[0] >= appended - len(delivered)
     accumulator.close()
     accumulator, spool = start()
     delivered.update(deliver_all(accumulator, now=2e9))
     assert delivered == set(range(appended))
-    assert spool.depth()[0] == 0
+    assert accumulator.depth()[0] == 0
+
+
+def test_a_routed_spool_left_by_earlier_settings_still_drains(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path, **ROUTED)
+    for i in range(6):
+        spool.append(KIND_RESULT, line(i, name="pack_side_q" if i % 2 else "pack_m_q"))
+    for batch in accumulator.ready(0.0, draining=True).batches:
+        accumulator.failed(batch, DeliveryError("InternalFailure", "x", retriable=True), 0.0)
+    accumulator.close()
+    # Restarted with the route gone: the side stream's rows still go to the side stream.
+    reopened = Spool(tmp_path / "kinesis", max_records=100, max_bytes=1 << 30, on_drop=counters.drop)
+    plain = Accumulator("aws_kinesis", KINESIS, reopened, counters,
+                        Settings(aws_kinesis_stream="main"), host_identifier="h")
+    sent: dict[str, list[int]] = {}
+    for _ in range(5):
+        for batch in plain.ready(100.0, draining=True).batches:
+            sent.setdefault(batch.destination, []).extend(rows_of(batch))
+            plain.completed(batch, [None] * len(batch.entries), 100.0)
+    assert sent == {"main": [0, 2, 4], "side": [1, 3, 5]}
+    assert plain.depth()[0] == 0
+    assert [d.stream for d in plain.published.destinations] == ["main"], "the empty one is closed"
