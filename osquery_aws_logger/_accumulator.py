@@ -426,11 +426,12 @@ class Accumulator:
         stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
         return row, key, stream
 
-    def _route(self, now: float) -> None:
-        """Move rows from the intake to their destinations' spools (several destinations)."""
+    def _route(self, now: float) -> int:
+        """Move rows from the intake to their destinations' spools (several destinations);
+        answer how many were read."""
         records = self.intake.read(ROUTE_CHUNK_RECORDS, ROUTE_CHUNK_BYTES)
         if not records:
-            return
+            return 0
         touched: dict[str, Spool] = {}
         for record in records:
             shaped = self._shape(record.seq, record.kind, record.data, now)
@@ -449,6 +450,7 @@ class Accumulator:
         for spool in touched.values():
             spool.sync(force=True)  # on disk there before the intake forgets them
         self.intake.ack(records[-1].seq)
+        return len(records)
 
     def _fill(self, lane: _Destination, now: float) -> None:
         """Read from the lane's spool until a call's worth is pending (or the spool is empty)."""
@@ -597,11 +599,13 @@ class Accumulator:
         draining), unless it is backing off. A batch handed out stays the head of its
         destination's queue until `completed` or `failed` reports on it.
         """
-        if self._direct is None:
-            self._route(now)
+        routed = self._route(now) if self._direct is None else 0
         batches = []
-        wake = now if self._direct is None and self.intake.pending_unread() else math.inf
+        # More to route than one turn takes: come back at once.
+        wake = now if routed and self.intake.pending_unread() else math.inf
         for lane in self._lanes():
+            if lane.in_flight:
+                continue  # its head is out; nothing of it changes until the outcome
             self._forget_dropped(lane)
             if self._due(lane, now, draining=draining):
                 self._fill(lane, now)

@@ -290,3 +290,18 @@ def test_a_routed_spool_left_by_earlier_settings_still_drains(tmp_path: Path) ->
     assert sent == {"main": [0, 2, 4], "side": [1, 3, 5]}
     assert plain.depth()[0] == 0
     assert [d.stream for d in plain.published.destinations] == ["main"], "the empty one is closed"
+
+
+def test_a_cap_dropping_rows_of_the_batch_out_leaves_the_queue_consistent(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(600):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    spool.set_caps(50, 1 << 30)  # drops rows 0..549, most of them in the batch that is out
+    assert accumulator.ready(0.0, draining=True).batches == ()
+    accumulator.completed(batch, [None] * len(batch.entries), 0.0)  # AWS took them anyway
+    sent = deliver_all(accumulator)
+    assert sent == list(range(550, 600))
+    # The spool counts its drops when it makes them; those AWS took count as delivered too.
+    assert counters.delivered == 550 and counters.dropped["cap_records"] == 550
+    assert accumulator.depth()[0] == 0
