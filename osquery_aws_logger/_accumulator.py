@@ -249,8 +249,8 @@ class _Destination:
 
 
 class Accumulator:
-    """One logger plugin's delivery state. Only the flusher thread calls it, except for
-    `published` (a snapshot replaced whole) and `waiting`, which other threads may read."""
+    """One logger plugin's delivery state. Only the flusher thread calls it; other threads read
+    `published` (a snapshot replaced whole) and the counters, nothing else."""
 
     def __init__(self, plugin: str, service: Service, intake: Spool, counters: PluginCounters,
                  settings: Settings, *, host_identifier: str, now: float = 0.0) -> None:
@@ -274,6 +274,7 @@ class Accumulator:
 
     @property
     def single(self) -> bool:
+        """Whether the plugin's spool is read in place (one destination) or only routed."""
         return self.view.single_destination()
 
     def _label(self, stream: str) -> str:
