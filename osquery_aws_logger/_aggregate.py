@@ -67,13 +67,19 @@ class KplAggregate:
         self.rows = 0
 
     def size(self) -> int:
-        """Bytes the record would count against the limit (partition key included)."""
+        """Bytes the record would count against the limit (partition key included): exactly
+        ``len(self.data()) + len(partition key in UTF-8)``."""
         return self._size
 
     def add(self, row: bytes) -> bool:
-        """Take `row` if the aggregate stays within its limit; answer whether it was taken."""
+        """Take `row` if the aggregate stays within its limit; answer whether it was taken.
+
+        An empty aggregate refuses a row too big to wrap: the key is counted twice (in the
+        key table and as the record's partition key), so a row that fits as a plain record
+        may not fit aggregated. Send such a row as a plain record; KPL consumers take both.
+        """
         part = _kpl_record(row)
-        if self.rows and self._size + len(part) > self.max_bytes:
+        if self._size + len(part) > self.max_bytes:
             return False
         self._parts.append(part)
         self._size += len(part)
@@ -112,7 +118,8 @@ class FirehosePack:
         return self._size
 
     def add(self, row: bytes) -> bool:
-        """`row` ends with its newline."""
+        """`row` ends with its newline. An empty pack takes any row: a row the service takes
+        alone fits a plain pack; a gzipped one is checked once closed (see the accumulator)."""
         if self._rows and self._size + len(row) > self.max_bytes:
             return False
         self._rows.append(row)

@@ -135,7 +135,7 @@ def profile_region(settings: Settings, environ: Mapping[str, str]) -> str:
 
 def service_region(service: str, settings: Settings, environ: Mapping[str, str]) -> str:
     """Region for "kinesis", "firehose" or "sts": its own flag, aws_region, the profile, us-east-1."""
-    own = getattr(settings, f"aws_{service}_region", "")
+    own = settings.service(service).region if service in ("kinesis", "firehose") else ""
     return own or settings.aws_region or profile_region(settings, environ) or DEFAULT_REGION
 
 
@@ -243,7 +243,7 @@ class AwsClients:
             return cached
         if not self._clients or self._session is None:
             self._session = _session_with(self._credentials(now))
-        endpoint = getattr(self.settings, f"aws_{service}_endpoint") or None
+        endpoint = self.settings.service(service).endpoint or None
         region = service_region(service, self.settings, self.environ)
         self.regions[service] = region
         client = self._session.client(service, region_name=region, endpoint_url=endpoint,

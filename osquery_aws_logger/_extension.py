@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,14 @@ from typing import Any, Final
 from thrift.transport import TTransport
 
 from . import __version__
+from ._accumulator import Accumulator
 from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
-from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
+from ._flusher import Flusher, local_host_identifier
 from ._manager import EXTENSION_NAME, ManagerClient
 from ._server import Server, tune_memory
+from ._service import SERVICES
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
@@ -247,8 +250,8 @@ class LoggerExtension:
             spool = Spool(directory, max_records=self.settings.buffered_log_max,
                           max_bytes=self.settings.aws_logger_spool_max_bytes,
                           on_drop=counters.drop)
-            channels.append(Channel(name, SERVICES[service], spool, counters, self.settings,
-                                    host_identifier=host))
+            channels.append(Accumulator(name, SERVICES[service], spool, counters, self.settings,
+                                        host_identifier=host, now=time.monotonic()))
         self.flusher = Flusher(channels, self.settings, problems=self.problems)
         try:
             names = self._register(suffix)
@@ -259,7 +262,7 @@ class LoggerExtension:
         for channel, (service, name) in zip(channels, names.items(), strict=True):
             channel.plugin = name
             self.plugins[name] = LoggerPlugin(
-                name, service, channel.spool, channel.counters, self.flusher.wake,
+                name, service, channel.intake, channel.counters, self.flusher.wake,
                 lambda: self._version, lambda: self.settings, host)
         self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
             self.plugins, self._reread.set, self.stopping.set, StatusTable(self.flusher.rows)))
@@ -327,9 +330,9 @@ class LoggerExtension:
             return 0
         timeout = float(self.settings.aws_logger_shutdown_timeout)
         self.flusher.stop(timeout)
-        left = sum(c.spool.depth()[0] for c in self.flusher.channels)
+        left = sum(c.depth()[0] for c in self.flusher.accumulators)
         dropped: dict[str, int] = {}
-        for channel in self.flusher.channels:
+        for channel in self.flusher.accumulators:
             # One machine-readable line per plugin, so the last figures survive in the log.
             snapshot = channel.counters.snapshot()
             log.info("%s: counters %s", channel.plugin, json.dumps(snapshot, sort_keys=True))
@@ -341,7 +344,7 @@ class LoggerExtension:
         if dropped:
             parts.append(f"{sum(dropped.values())} dropped since start ("
                          + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) + ")")
-        unusable = [c.spool.problem for c in self.flusher.channels if c.spool.problem]
+        unusable = [c.intake.problem for c in self.flusher.accumulators if c.intake.problem]
         if unusable:
             parts.append("; ".join(unusable))
         log.info("stopped: %s", "; ".join(parts) if left or dropped or unusable

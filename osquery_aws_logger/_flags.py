@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._settings import OPTIONS, _parse_bool
+from ._settings import OPTIONS
 
 
 def expand_flagfiles(argv: Sequence[str]) -> list[str]:
@@ -42,7 +42,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         "osquery options", "Each also comes from osqueryd's options (core flag or custom_ form); "
         "a value given here wins.")
     for spec in OPTIONS:
-        boolean = spec.parse is _parse_bool
+        boolean = spec.boolean
         group.add_argument(f"--{spec.name}", dest=spec.name, metavar="VALUE",
                            nargs="?" if boolean else None, const="true" if boolean else None,
                            help=f"{spec.help} (default: {spec.default or 'empty'})")

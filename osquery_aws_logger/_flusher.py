@@ -1,50 +1,27 @@
-"""One flusher thread for both plugins: it owns the network, the clients and the credentials.
+"""One flusher thread for both plugins: the sender, which owns the network, clients and credentials.
 
-Each plugin is a Channel: its spool, its counters, the records read but not yet delivered,
-and its backoff. The loop sends a channel's batch when its period is up or a full batch waits,
-and sleeps on one Event the thrift side sets when a full batch is waiting. Backoff is a time
-the loop compares with the clock; nothing in here sleeps except that wait, so a stop request
-is seen at once.
+Each plugin is an `Accumulator` (no network: it says what is ready and when to wake). The loop
+asks each one `ready(now)`, puts every batch it hands out through the `Sender`, reports each
+outcome back, and sleeps on one Event the thrift side sets when a full batch is waiting.
+Backoff is a time per destination the accumulator compares with the clock; nothing in here
+sleeps except that wait, so a stop request is seen at once.
 """
 
 from __future__ import annotations
 
-import binascii
 import gc
-import json
 import logging
-import math
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ._aggregate import FirehosePack, KplAggregate
+from ._accumulator import Accumulator, Batch
 from ._aws import AwsClients
-from ._batching import (
-    FIREHOSE_LIMITS,
-    KINESIS_LIMITS,
-    Entry,
-    ServiceLimits,
-    Unshippable,
-    batch_length,
-    oversize,
-    partition_key,
-    record_id,
-    result_record,
-    with_fields,
-)
-from ._counters import PluginCounters
-from ._errors import DeliveryError
-from ._retry import EXPIRED_CODES, Backoff, is_retriable, is_throttling
+from ._retry import delivery_error
 from ._settings import Settings
-from ._spool import KIND_STATUS, Spool
-from ._status import channel_row, write_state
+from ._status import status_row, write_state
 
 log = logging.getLogger("osquery_aws_logger.flusher")
 
@@ -54,361 +31,36 @@ MAX_WAIT_SECONDS: Final = 1.0
 MAX_UNUSABLE_RECHECK: Final = 60.0
 #: How often each plugin's figures are written beside its spool (for `status`).
 STATE_INTERVAL_SECONDS: Final = 5.0
-#: At most one health line (state change) per plugin per this many seconds.
-HEALTH_LOG_INTERVAL_SECONDS: Final = 10.0
 #: How often a line of counters is logged while something waits or fails.
 REPORT_INTERVAL_SECONDS: Final = 60.0
 
 
-@dataclass(frozen=True)
-class Service:
-    """Kinesis or Firehose: a limits record and the one API call that differs."""
+class Sender:
+    """Puts batches and reports each outcome to the accumulator that handed it out.
 
-    name: str
-    limits: ServiceLimits
-    put: Callable[[AwsClients, str, list[Entry]], list[str | None]]
-
-
-def _json_text(value: str) -> bytes:
-    return json.dumps(value).encode()
-
-
-def _request_json(stream_field: bytes, stream: str, entries: list[Entry], *,
-                  with_keys: bool) -> bytes:
-    """The request body botocore would write: the stream, then the records with base64 data
-    and JSON-escaped partition keys. Joined once, so a 5 MiB call is not copied again."""
-    keys: dict[str, bytes] = {}
-    parts = [b'{"' + stream_field + b'":' + _json_text(stream) + b',"Records":[']
-    for index, entry in enumerate(entries):
-        parts.append(b'{"Data":"' if not index else b',{"Data":"')
-        parts.append(binascii.b2a_base64(entry.data, newline=False))
-        if with_keys:
-            key = keys.get(entry.partition_key)
-            if key is None:
-                key = keys[entry.partition_key] = _json_text(entry.partition_key)
-            parts.append(b'","PartitionKey":' + key + b"}")
-        else:
-            parts.append(b'"}')
-    parts.append(b"]}")
-    return b"".join(parts)
-
-
-def _put_kinesis(clients: AwsClients, stream: str, entries: list[Entry]) -> list[str | None]:
-    body = _request_json(b"StreamName", stream, entries, with_keys=True)
-    answer = clients.put_prepared("kinesis", "put_records",
-                                  {"StreamName": stream, "Records": []}, body)
-    if not answer.get("FailedRecordCount"):
-        return [None] * len(entries)
-    return [r.get("ErrorCode") for r in answer["Records"]]
-
-
-def _put_firehose(clients: AwsClients, stream: str, entries: list[Entry]) -> list[str | None]:
-    body = _request_json(b"DeliveryStreamName", stream, entries, with_keys=False)
-    answer = clients.put_prepared("firehose", "put_record_batch",
-                                  {"DeliveryStreamName": stream, "Records": []}, body)
-    if not answer.get("FailedPutCount"):
-        return [None] * len(entries)
-    return [r.get("ErrorCode") for r in answer["RequestResponses"]]
-
-
-KINESIS: Final = Service("kinesis", KINESIS_LIMITS, _put_kinesis)
-FIREHOSE: Final = Service("firehose", FIREHOSE_LIMITS, _put_firehose)
-SERVICES: Final = {s.name: s for s in (KINESIS, FIREHOSE)}
-
-
-def delivery_error(exc: Exception) -> DeliveryError:
-    """A botocore failure of a whole call, classified; the message carries no secrets."""
-    if isinstance(exc, DeliveryError):
-        return exc
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "ClientError")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return DeliveryError(code, str(error.get("Message", ""))[:300],
-                             retriable=is_retriable(code, status), throttled=is_throttling(code),
-                             expired_credentials=code in EXPIRED_CODES)
-    if isinstance(exc, BotoCoreError):
-        # Connection refused/reset, DNS, timeouts, unreadable answers: all worth retrying.
-        return DeliveryError(type(exc).__name__, "no usable answer from the endpoint",
-                             retriable=True)
-    return DeliveryError(type(exc).__name__, "unexpected failure", retriable=True)
-
-
-class _RateLimit:
-    """Lets a kind of log line through at most once per interval, counting the rest."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def allow(self, key: str, now: float) -> bool:
-        if now - self._last.get(key, -self.interval) >= self.interval:
-            self._last[key] = now
-            return True
-        self.suppressed[key] = self.suppressed.get(key, 0) + 1
-        return False
-
-
-class _Open:
-    """An aggregate or pack being filled, and the spool sequence numbers of its rows."""
-
-    def __init__(self, slot: tuple[str, str], builder: KplAggregate | FirehosePack, key: str,
-                 stream: str) -> None:
-        self.slot = slot
-        self.builder = builder
-        self.key = key
-        self.stream = stream
-        self.seqs: list[int] = []
-        self.row_bytes = 0
-
-    def entry(self) -> Entry:
-        return Entry(tuple(self.seqs), self.builder.data(), self.key, self.stream)
-
-
-class Channel:
-    """One logger plugin's delivery state. Only the flusher thread touches it after start.
-
-    Rows read from the spool become entries queued per destination stream: one row each, or
-    many in a KPL aggregate (Kinesis) or a newline pack (Firehose) when those are on. A row is
-    acknowledged to the spool once it is delivered or dropped for good, in spool order.
+    Owns the AWS clients and the credentials behind them (built on first use, dropped when the
+    settings change, refreshed after an expired-token answer). `clients_factory` is the seam
+    for tests: anything with AwsClients' `put_prepared`, `invalidate` and `client`.
     """
 
-    def __init__(self, plugin: str, service: Service, spool: Spool, counters: PluginCounters,
-                 settings: Settings, *, host_identifier: str) -> None:
-        self.plugin = plugin
-        self.service = service
-        self.spool = spool
-        self.counters = counters
-        self.host_identifier = host_identifier
-        self.backoff = Backoff()
-        self.settings = settings
-        self.pending: dict[str, deque[Entry]] = {}
-        self._open: dict[tuple[str, str], _Open] = {}
-        self._pending_rows = 0  # rows in pending entries and open aggregates
-        self._pending_bytes = 0
-        self._dropped_below = 0  # the spool's cap floor last acted on
-        self._outstanding: deque[int] = deque()  # sequence numbers read, in spool order
-        self._finished: set[int] = set()  # of those, delivered or dropped for good
-        self.next_flush_at = time.monotonic() + self.period
-        self._last_error_code = ""
-        self._logged_state = "ok"
-        self._logs = _RateLimit(HEALTH_LOG_INTERVAL_SECONDS)
+    def __init__(self, settings: Settings,
+                 clients_factory: Callable[[Settings], AwsClients] = AwsClients) -> None:
+        self._settings = settings
+        self._clients_factory = clients_factory
+        self.clients: AwsClients | None = None
 
-    @property
-    def period(self) -> float:
-        return float(getattr(self.settings, f"aws_{self.service.name}_period"))
+    def reset(self, settings: Settings) -> None:
+        """New settings: clients are rebuilt with the new credentials, endpoints and proxy."""
+        self._settings = settings
+        self.clients = None
 
-    @property
-    def stream(self) -> str:
-        return str(getattr(self.settings, f"aws_{self.service.name}_stream"))
-
-    def waiting(self) -> int:
-        """Rows accepted and not yet delivered or dropped (read or not)."""
-        return self._pending_rows + self.spool.pending_unread()
-
-    def due(self, now: float, *, draining: bool) -> bool:
-        if not self.backoff.ready(now) or not self.waiting():
-            return False
-        if draining or self.waiting() >= self.service.limits.max_records:
-            return True
-        return now >= self.next_flush_at
-
-    def wake_at(self, now: float) -> float:
-        """When this channel next needs the loop (infinity when nothing waits: the thrift side
-        wakes the loop once a full batch is waiting)."""
-        waiting = self.waiting()
-        if not waiting:
-            return math.inf
-        if not self.backoff.ready(now):
-            return self.backoff.retry_at
-        if waiting >= self.service.limits.max_records:
-            return now
-        return self.next_flush_at
-
-    def reshape(self) -> None:
-        """Forget what was read and read it again: new settings may route, key or pack it
-        differently. Rows delivered behind an undelivered one may go twice (at least once)."""
-        self.pending.clear()
-        self._open.clear()
-        self._outstanding.clear()
-        self._finished.clear()
-        self._pending_rows = self._pending_bytes = 0
-        self.spool.rewind()
-
-    # -- reading and shaping ------------------------------------------------------------------
-
-    def _enough_read(self) -> bool:
-        limits = self.service.limits
-        entries = sum(len(queue) for queue in self.pending.values()) + len(self._open)
-        return entries >= limits.max_records or self._pending_bytes >= limits.max_call_bytes
-
-    def _fill(self) -> None:
-        """Read from the spool until a call's worth is pending (or the spool is empty)."""
-        limits = self.service.limits
-        while not self._enough_read():
-            # Bounded by bytes too: a call's worth of big rows must not mean 500 of them in memory.
-            records = self.spool.read(limits.max_records,
-                                      max(1, limits.max_call_bytes - self._pending_bytes))
-            if not records:
-                return
-            for record in records:
-                self._outstanding.append(record.seq)
-                self._shape(record.seq, record.kind, record.data)
-
-    def _shape(self, seq: int, kind: int, data: bytes) -> None:
-        settings = self.settings
-        limits = self.service.limits
-        try:
-            if kind == KIND_STATUS:
-                record, parsed = data, _status_fields(data)
-            else:
-                record, parsed = result_record(data)
-        except Unshippable as exc:
-            self._drop(seq, exc.reason, exc.detail)
-            return
-        host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
-        if settings.aws_logger_record_ids:
-            record = with_fields(record, {"log_id": record_id(parsed, seq, host)})
-        row = record + limits.record_suffix
-        stream = self._route(kind, str(parsed.get("name") or ""))
-        key = partition_key(host, random_key=settings.aws_kinesis_random_partition_key) \
-            if limits.uses_partition_key else ""
-        single = Entry((seq,), row, key, stream)
-        if oversize(single, limits):
-            self._drop(seq, "oversize",
-                       f"{single.size()} bytes over the {limits.max_record_bytes}-byte "
-                       f"{limits.service} record limit, query {parsed.get('name', '?')}")
-            return
-        builder = self._builder_for(stream, key, row)
-        if builder is None:
-            self._queue(single)
-            return
-        if not builder.builder.add(row):
-            self._close(builder)
-            builder = self._builder_for(stream, key, row)
-            assert builder is not None
-            builder.builder.add(row)
-        builder.seqs.append(seq)
-        builder.row_bytes += len(row)
-        self._pending_rows += 1
-        self._pending_bytes += len(row)
-
-    def _route(self, kind: int, name: str) -> str:
-        """The stream a row goes to: a route naming its query (or pack prefix), the status
-        stream for status logs, else the plugin's stream."""
-        service = self.service.name
-        if kind == KIND_STATUS:
-            return str(getattr(self.settings, f"aws_{service}_status_stream")) or self.stream
-        for stream, names in getattr(self.settings, f"aws_{service}_routes"):
-            for pattern in names:
-                if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
-                    return str(stream)
-        return self.stream
-
-    def _builder_for(self, stream: str, key: str, row: bytes) -> _Open | None:
-        """The open aggregate this row joins, or None to send it on its own."""
-        settings = self.settings
-        limits = self.service.limits
-        if limits.uses_partition_key:
-            if not settings.aws_kinesis_aggregate:
-                return None
-            if len(row) + len(key.encode()) + 64 > limits.max_record_bytes:
-                return None  # too big to wrap; KPL consumers take plain records too
-            slot = (stream, "" if settings.aws_kinesis_random_partition_key else key)
-            if slot not in self._open:
-                aggregate = KplAggregate(key, limits.max_record_bytes)
-                self._open[slot] = _Open(slot, aggregate, key, stream)
-        else:
-            if not settings.aws_firehose_pack:
-                return None
-            slot = (stream, "")
-            if slot not in self._open:
-                pack = FirehosePack(limits.max_record_bytes,
-                                    compress=settings.aws_firehose_compression == "gzip")
-                self._open[slot] = _Open(slot, pack, "", stream)
-        return self._open[slot]
-
-    def _close(self, builder: _Open) -> None:
-        del self._open[builder.slot]
-        if builder.seqs:
-            entry = builder.entry()
-            self.pending.setdefault(entry.stream, deque()).append(entry)
-            # Its rows were counted as they were added; its bytes are now the record's own.
-            self._pending_bytes += len(entry.data) - builder.row_bytes
-
-    def _close_all(self) -> None:
-        for builder in list(self._open.values()):
-            self._close(builder)
-
-    def _queue(self, entry: Entry) -> None:
-        self.pending.setdefault(entry.stream, deque()).append(entry)
-        self._pending_rows += entry.rows
-        self._pending_bytes += len(entry.data)
-
-    def _drop(self, seq: int, reason: str, detail: str) -> None:
-        self.counters.drop(reason)
-        self._finished.add(seq)
-        if self._logs.allow(reason, time.monotonic()):
-            more = self._logs.suppressed.pop(reason, 0)
-            log.warning("%s: dropped a record (%s): %s%s", self.plugin, reason, detail,
-                        f" ({more} more since the last such line)" if more else "")
-
-    def _acknowledge(self) -> None:
-        last = 0
-        while self._outstanding and self._outstanding[0] in self._finished:
-            last = self._outstanding.popleft()
-            self._finished.discard(last)
-        if last:
-            self.spool.ack(last)
-
-    # -- sending ------------------------------------------------------------------------------
-
-    def _next_stream(self) -> str | None:
-        """The stream whose next entry holds the oldest row, so order is kept where it can be."""
-        heads = [(queue[0].seqs[0], stream) for stream, queue in self.pending.items() if queue]
-        return min(heads)[1] if heads else None
-
-    def _forget_dropped(self) -> None:
-        """Let go of rows a spool cap dropped after they were read (counted by the spool)."""
-        floor = self.spool.dropped_below
-        if floor <= self._dropped_below:
-            return
-        self._dropped_below = floor
-        for slot, builder in list(self._open.items()):
-            if builder.seqs and builder.seqs[-1] < floor:
-                del self._open[slot]
-                self._finished.update(builder.seqs)
-                self._pending_rows -= len(builder.seqs)
-                self._pending_bytes -= builder.row_bytes
-        for queue in self.pending.values():
-            # Entries are in spool order within a stream: the dropped ones lead.
-            while queue and queue[0].seqs[-1] < floor:
-                entry = queue.popleft()
-                self._finished.update(entry.seqs)
-                self._pending_rows -= entry.rows
-                self._pending_bytes -= len(entry.data)
-
-    def flush_once(self, clients: AwsClients | None, now: float) -> None:
-        """Send at most one put call's worth of records, to one stream."""
-        self._forget_dropped()
-        self._fill()
-        self._close_all()  # what was read goes out now, aggregates as full as they got
-        self._acknowledge()  # drops above may complete a prefix
-        stream = self._next_stream()
-        if stream is None:
-            self.next_flush_at = now + self.period
-            return
-        if clients is None:
-            return
-        queue = self.pending[stream]
-        count = batch_length(queue, self.service.limits)
-        batch = [queue[i] for i in range(count)]
-        rows = sum(entry.rows for entry in batch)
-        self.counters.put_calls += 1
+    def send(self, accumulator: Accumulator, batch: Batch, now: float) -> None:
+        if self.clients is None:
+            self.clients = self._clients_factory(self._settings)
+        clients = self.clients
         error = None
         try:
-            codes = self.service.put(clients, stream, batch)
+            codes = accumulator.service.put(clients, batch.destination, batch.entries)
         except Exception as exc:
             error = delivery_error(exc)
         if error is not None:
@@ -416,101 +68,25 @@ class Channel:
             # (a call's worth of bytes) until the cyclic collector happens to run; through an
             # outage they pile up, one per retry. Failures are rare and spaced by backoff.
             gc.collect()
-            self._call_failed(error, clients, now, rows)
+            if error.expired_credentials:
+                clients.invalidate()
+            accumulator.failed(batch, error, now)
             return
-        failed = [entry for entry, code in zip(batch, codes, strict=True) if code]
-        for _ in range(count):
-            queue.popleft()
-        queue.extendleft(reversed(failed))  # only the failed entries go again, in order
-        delivered = 0
-        for entry, code in zip(batch, codes, strict=True):
-            if not code:
-                self._finished.update(entry.seqs)
-                delivered += entry.rows
-                self._pending_rows -= entry.rows
-                self._pending_bytes -= len(entry.data)
-        self.counters.delivered += delivered
-        self._acknowledge()
-        if delivered:
-            self.counters.last_success = time.time()
-        if failed:
-            failed_rows = sum(entry.rows for entry in failed)
-            throttled = sum(entry.rows for entry, code in zip(batch, codes, strict=True)
-                            if code and is_throttling(code))
-            self.counters.retried += failed_rows
-            self.counters.throttled += throttled
-            self.backoff.failed(now)
-            self._set_state("throttled" if throttled else "retrying",
-                            f"{len(failed)} of {count} records failed "
-                            f"({next(code for code in codes if code)})")
-        else:
-            self.backoff.succeeded()
-            self._set_state("ok", "")
-        if self.waiting() < self.service.limits.max_records:
-            # The period's flush is done once no full batch is left: the remainder waits for
-            # the next period (or a full batch), instead of trickling out in tiny calls.
-            self.next_flush_at = now + self.period
-
-    def _call_failed(self, error: DeliveryError, clients: AwsClients, now: float,
-                     count: int) -> None:
-        self.counters.retried += count
-        if error.throttled:
-            self.counters.throttled += count
-        if error.expired_credentials:
-            clients.invalidate()
-        if error.retriable:
-            delay = self.backoff.failed(now)
-            state = "throttled" if error.throttled else "retrying"
-            self._set_state(state, f"{error} (next try in {delay:.1f}s)")
-        else:
-            self.backoff.give_up_for_now(now)
-            self._set_state("failing", f"{error}: records stay spooled; fix the cause (stream "
-                            f"name, permissions, region) and they are sent")
-
-    def _set_state(self, state: str, message: str) -> None:
-        counters = self.counters
-        changed = state != counters.state
-        code = message.split(":", 1)[0]
-        if message:
-            counters.record_error(message)
-        news = changed or (state != "ok" and code != self._last_error_code)
-        # One line per change of state or of error, not one per retry, and at most one per
-        # HEALTH_LOG_INTERVAL_SECONDS while it flaps; but a recovery after a logged failure is
-        # always told, so the log never ends on a failure that is over.
-        recovery = state == "ok" and self._logged_state != "ok"
-        if news and (recovery or self._logs.allow("health", time.monotonic())):
-            self._logged_state = state
-            level = logging.INFO if state == "ok" else logging.WARNING
-            more = self._logs.suppressed.pop("health", 0)
-            log.log(level, "%s: %s%s%s", self.plugin, state, f": {message}" if message else "",
-                    f" ({more} changes since the last such line)" if more else "")
-        self._last_error_code = code if state != "ok" else ""
-        counters.state = state
-
-
-def _status_fields(data: bytes) -> dict[str, object]:
-    """A status record's own fields (we wrote it, so it parses; but never trust a disk)."""
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        raise Unshippable("not_json", "a spooled status record") from None
-    if not isinstance(parsed, dict):
-        raise Unshippable("not_json", "a spooled status record")
-    return parsed
+        accumulator.completed(batch, codes, now)
 
 
 class Flusher:
     """The one background thread that ships every plugin's spool."""
 
-    def __init__(self, channels: list[Channel], settings: Settings, *,
+    def __init__(self, accumulators: list[Accumulator], settings: Settings, *,
                  problems: list[str] | None = None,
                  clients_factory: Callable[[Settings], AwsClients] = AwsClients) -> None:
-        self.channels = channels
-        self._clients_factory = clients_factory
+        self.accumulators = accumulators
+        self.sender = Sender(settings, clients_factory)
         self._settings = settings
         self._problems = list(problems or [])
-        self._clients: AwsClients | None = None
         self._pending_settings: tuple[Settings, list[str]] | None = None
+        self._recheck_at: dict[int, float] = {}
         self._wake = threading.Event()
         self._stop_deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="aws-logger-flusher", daemon=True)
@@ -535,13 +111,13 @@ class Flusher:
         self._stop_deadline = time.monotonic() + timeout
         self._wake.set()
         self._thread.join(timeout + 0.5)
-        drained = not self._thread.is_alive() and not any(c.waiting() for c in self.channels)
+        drained = not self._thread.is_alive() and not any(a.waiting() for a in self.accumulators)
         self.write_states()
-        for channel in self.channels:
-            channel.spool.close()
+        for accumulator in self.accumulators:
+            accumulator.close()
         return drained
 
-    def _switch_settings(self) -> None:
+    def _switch_settings(self, now: float) -> None:
         with self._lock:
             pending, self._pending_settings = self._pending_settings, None
         if pending is None:
@@ -549,28 +125,29 @@ class Flusher:
         settings, problems = pending
         if settings != self._settings or problems != self._problems:
             self._settings, self._problems = settings, problems
-            self._clients = None  # rebuilt with the new credentials, endpoints and proxy
-            for channel in self.channels:
-                channel.settings = settings
-                channel.reshape()
-                channel.backoff.succeeded()
-                channel.next_flush_at = min(channel.next_flush_at,
-                                            time.monotonic() + channel.period)
-                channel.spool.set_caps(settings.buffered_log_max,
-                                       settings.aws_logger_spool_max_bytes)
+            self.sender.reset(settings)
+            self._recheck_at.clear()
+            for accumulator in self.accumulators:
+                accumulator.apply(settings, now)
+                if accumulator.counters.state == "disabled" and not self._problem(accumulator):
+                    accumulator.counters.state = accumulator.state()
 
-    def _usable(self, channel: Channel) -> bool:
-        """Whether this channel may ship now; records of one that may not stay spooled."""
-        problem = "; ".join(self._problems) or channel.spool.problem or \
-            channel.settings.stream_problem(channel.service.name)
+    def _problem(self, accumulator: Accumulator) -> str | None:
+        return "; ".join(self._problems) or accumulator.intake.problem or \
+            self._settings.stream_problem(accumulator.service.name)
+
+    def _usable(self, accumulator: Accumulator) -> bool:
+        """Whether this plugin may ship now; records of one that may not stay spooled."""
+        counters = accumulator.counters
+        problem = self._problem(accumulator)
         if problem:
-            if channel.counters.state != "disabled" or channel.counters.last_error != problem:
-                log.error("%s: not shipping, records stay spooled: %s", channel.plugin, problem)
-                channel.counters.record_error(problem)
-                channel.counters.state = "disabled"
+            if counters.state != "disabled" or counters.last_error != problem:
+                log.error("%s: not shipping, records stay spooled: %s", accumulator.plugin, problem)
+                counters.record_error(problem)
+                counters.state = "disabled"
             return False
-        if channel.counters.state == "disabled":
-            channel.counters.state = "ok"
+        if counters.state == "disabled":
+            counters.state = accumulator.state()
         return True
 
     def _run(self) -> None:
@@ -582,35 +159,45 @@ class Flusher:
                 log.exception("flusher: unexpected error; carrying on")
                 self._wake.wait(MAX_WAIT_SECONDS)
 
+    def turn(self, now: float, *, draining: bool = False) -> tuple[bool, float]:
+        """Send every batch that is ready; answer whether any was sent and when to look again."""
+        sent = False
+        wake = now + MAX_WAIT_SECONDS
+        for accumulator in self.accumulators:
+            if not accumulator.waiting():
+                continue
+            key = id(accumulator)
+            if now < self._recheck_at.get(key, 0.0):
+                wake = min(wake, self._recheck_at[key])
+                continue
+            if not self._usable(accumulator):
+                # Look again next period (or at once when new settings arrive).
+                self._recheck_at[key] = now + min(accumulator.view.period, MAX_UNUSABLE_RECHECK)
+                continue
+            before = accumulator.counters.state
+            ready = accumulator.ready(now, draining=draining)
+            for batch in ready.batches:
+                self.sender.send(accumulator, batch, now)
+                sent = True
+            wake = min(wake, ready.wake_at)
+            if accumulator.counters.state != before:
+                # A change of health is on disk at once, for `status` after a crash.
+                self._next_state = now
+        return sent, wake
+
     def _turn(self) -> bool:
         """One pass of the loop; answers True when the flusher is done for good."""
-        self._switch_settings()
         now = time.monotonic()
+        self._switch_settings(now)
         stopping = self._stop_deadline is not None
         if self._stop_deadline is not None and (now >= self._stop_deadline or not self._work_left()):
             return True
-        for channel in self.channels:
-            channel.spool.sync()
-        sent = False
-        for channel in self.channels:
-            if not channel.due(now, draining=stopping):
-                continue
-            if not self._usable(channel):
-                # Look again next period (or at once when new settings arrive).
-                channel.backoff.retry_at = now + min(channel.period, MAX_UNUSABLE_RECHECK)
-                continue
-            if self._clients is None:
-                self._clients = self._clients_factory(self._settings)
-            before = channel.counters.state
-            channel.flush_once(self._clients, now)
-            if channel.counters.state != before:
-                # A change of health is on disk at once, for `status` after a crash.
-                self._next_state = now
-            sent = True
+        for accumulator in self.accumulators:
+            accumulator.sync()
+        sent, wake = self.turn(now, draining=stopping)
         self._report(now)
         if sent:
             return False  # go round again at once: more may be due (draining a backlog)
-        wake = min([c.wake_at(now) for c in self.channels] + [now + MAX_WAIT_SECONDS])
         if self._stop_deadline is not None:
             wake = min(wake, self._stop_deadline)
         self._wake.wait(max(0.0, wake - now))
@@ -618,24 +205,30 @@ class Flusher:
         return False
 
     def _work_left(self) -> bool:
-        return any(c.waiting() and self._usable(c) for c in self.channels)
+        return any(a.waiting() and not self._problem(a) for a in self.accumulators)
 
     def rows(self) -> list[dict[str, Any]]:
         """The aws_logger_status rows: read by the thrift side, never touching the network."""
+        clients = self.sender.clients
         rows = []
-        for channel in self.channels:
-            row = channel_row(channel, self._clients)
-            problem = channel.spool.problem
-            if self._problems or problem or channel.settings.stream_problem(channel.service.name):
+        for accumulator in self.accumulators:
+            snapshot = accumulator.published
+            row = status_row(
+                snapshot, accumulator.counters,
+                region=clients.regions.get(snapshot.service, "") if clients else "",
+                credential_source=clients.credential_source if clients else "",
+                credential_expires=(clients.expires_at or 0) if clients else 0)
+            if self._problem(accumulator):
                 row["state"] = "disabled"
+            problem = accumulator.intake.problem
             if problem:
                 row["last_error"] = problem
             rows.append(row)
         return rows
 
     def write_states(self) -> None:
-        for channel, row in zip(self.channels, self.rows(), strict=True):
-            write_state(channel.spool.directory, row)
+        for accumulator, row in zip(self.accumulators, self.rows(), strict=True):
+            write_state(accumulator.intake.directory, row)
 
     def _report(self, now: float) -> None:
         if now >= self._next_state:
@@ -644,13 +237,13 @@ class Flusher:
         if now < self._next_report:
             return
         self._next_report = now + REPORT_INTERVAL_SECONDS
-        for channel in self.channels:
-            records, size = channel.spool.depth()
-            if records or channel.counters.state != "ok":
-                c = channel.counters
+        for accumulator in self.accumulators:
+            records, size = accumulator.depth()
+            c = accumulator.counters
+            if records or c.state != "ok":
                 log.info("%s: %s; waiting %d records (%d bytes); accepted %d delivered %d "
-                         "retried %d throttled %d dropped %s", channel.plugin, c.state, records,
-                         size, c.accepted, c.delivered, c.retried, c.throttled,
+                         "retried %d throttled %d dropped %s", accumulator.plugin, c.state,
+                         records, size, c.accepted, c.delivered, c.retried, c.throttled,
                          {k: v for k, v in c.dropped.items() if v} or 0)
 
 

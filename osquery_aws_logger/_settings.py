@@ -1,4 +1,11 @@
-"""One typed, validated settings object built from osquery's options under osquery's own names."""
+"""One typed, validated settings object built from osquery's options under osquery's own names.
+
+`OPTIONS` is the one table of options: name, default, parser (type and validation) and help.
+`Settings` declares the same fields so mypy can type them; at import the two are compared
+(names, order and defaults) and a mismatch fails at once. The command-line flags, `check` and
+the README's table are derived from or tested against `OPTIONS`. Per-service options are read
+through a typed view (`Settings.service("kinesis")`), never through built attribute names.
+"""
 
 from __future__ import annotations
 
@@ -127,6 +134,11 @@ class OptionSpec:
     #: True for options osquery itself defines; False for this extension's own additions.
     osquery: bool = True
 
+    @property
+    def boolean(self) -> bool:
+        """A true/false option: a bare --flag on the command line means true."""
+        return self.parse is _parse_bool
+
 
 OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_kinesis_stream", "", _parse_str, "Kinesis Data Streams stream name"),
@@ -201,6 +213,39 @@ def redact(name: str, value: str) -> str:
     return REDACTED if name in SECRET_OPTIONS and value else value
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """What one service's options say, under names common to Kinesis and Firehose."""
+
+    service: str
+    stream: str
+    period: int
+    endpoint: str
+    region: str
+    routes: Routes
+    status_stream: str
+    forwards_status: bool
+    #: KPL aggregation (aws_kinesis_aggregate) or newline packing (aws_firehose_pack).
+    many_rows_per_record: bool
+    compression: str
+    random_partition_key: bool
+
+    def route(self, status: bool, query: str) -> str:
+        """The stream a row goes to: a route naming its query (or a pack prefix ending in *),
+        the status stream for status logs, else the plugin's stream."""
+        if status:
+            return self.status_stream or self.stream
+        for stream, names in self.routes:
+            for pattern in names:
+                if query == pattern or (pattern.endswith("*") and query.startswith(pattern[:-1])):
+                    return stream
+        return self.stream
+
+    def single_destination(self) -> bool:
+        """Whether every row goes to the plugin's own stream (no routes, no status stream)."""
+        return not self.routes and self.status_stream in ("", self.stream)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the extension reads from osquery's options, parsed and validated."""
@@ -259,14 +304,64 @@ class Settings:
             out[spec.name] = redact(spec.name, text)
         return out
 
+    @property
+    def kinesis(self) -> ServiceSettings:
+        return ServiceSettings(
+            service="kinesis", stream=self.aws_kinesis_stream, period=self.aws_kinesis_period,
+            endpoint=self.aws_kinesis_endpoint, region=self.aws_kinesis_region,
+            routes=self.aws_kinesis_routes, status_stream=self.aws_kinesis_status_stream,
+            forwards_status=not self.aws_kinesis_disable_log_status,
+            many_rows_per_record=self.aws_kinesis_aggregate, compression="",
+            random_partition_key=self.aws_kinesis_random_partition_key)
+
+    @property
+    def firehose(self) -> ServiceSettings:
+        return ServiceSettings(
+            service="firehose", stream=self.aws_firehose_stream, period=self.aws_firehose_period,
+            endpoint=self.aws_firehose_endpoint, region=self.aws_firehose_region,
+            routes=self.aws_firehose_routes, status_stream=self.aws_firehose_status_stream,
+            forwards_status=True, many_rows_per_record=self.aws_firehose_pack,
+            compression=self.aws_firehose_compression, random_partition_key=False)
+
+    def service(self, name: str) -> ServiceSettings:
+        """The typed view of one service's options ("kinesis" or "firehose")."""
+        if name == "kinesis":
+            return self.kinesis
+        if name == "firehose":
+            return self.firehose
+        raise KeyError(name)
+
     def stream_problem(self, service: str) -> str | None:
         """Why `service` ("kinesis" or "firehose") cannot ship with these settings, if it can't."""
-        option = f"aws_{service}_stream"
-        if not getattr(self, option):
+        if not self.service(service).stream:
+            option = f"aws_{service}_stream"
             return f"{option} is empty: set it to the {service} stream to deliver to"
         if self.aws_enable_proxy and (not self.aws_proxy_host or self.aws_proxy_port is None):
             return "aws_enable_proxy=true needs aws_proxy_host and aws_proxy_port"
         return None
+
+
+def option_default(name: str) -> Any:
+    """The parsed default of option `name`, from the table."""
+    return _SPECS[name].parse(_SPECS[name].default)
+
+
+_SPECS: Final = {spec.name: spec for spec in OPTIONS}
+
+
+def _check_settings_against_options() -> None:
+    """Settings must declare exactly the table's options, in order, with the table's defaults."""
+    fields = dataclasses.fields(Settings)
+    names = [f.name for f in fields]
+    if names != [spec.name for spec in OPTIONS]:
+        raise RuntimeError(f"Settings fields differ from OPTIONS: {names}")
+    for f in fields:
+        if f.default != option_default(f.name):
+            raise RuntimeError(f"Settings.{f.name} defaults to {f.default!r}, OPTIONS says "
+                               f"{_SPECS[f.name].default!r}")
+
+
+_check_settings_against_options()
 
 
 def option_value(options: Mapping[str, str], name: str) -> str | None:

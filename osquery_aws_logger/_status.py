@@ -8,16 +8,16 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from ._accumulator import ROUTED_DIR, DeliverySnapshot
+from ._counters import PluginCounters
 from ._safefs import atomic_write
 from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
 from ._wire import response
 
-if TYPE_CHECKING:
-    from ._flusher import Channel
-
 TABLE_NAME: Final = "aws_logger_status"
+
 STATE_FILE: Final = "state.json"
 
 #: (column, osquery type, meaning): the table's schema, and the README's table.
@@ -55,21 +55,28 @@ UNHEALTHY_STATES: Final = frozenset({"retrying", "failing"})
 STALE_SECONDS: Final = 900
 
 
-def channel_row(channel: Channel, clients: Any) -> dict[str, Any]:
-    """The figures of one plugin, read from memory and the spool's own bookkeeping only."""
-    counters = channel.counters
+def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: str,
+               credential_source: str, credential_expires: float) -> dict[str, Any]:
+    """The figures of one plugin: the snapshot its accumulator published, its counters, and
+    its spools' own bookkeeping (read under their locks, never waiting on the network)."""
     dropped = dict(counters.dropped)
-    records, size = channel.spool.depth()
-    oldest = channel.spool.oldest_accepted_at() if records else None
+    records = size = 0
+    oldest: float | None = None
+    for spool in snapshot.spools:
+        waiting, held = spool.depth()
+        records += waiting
+        size += held
+        if waiting:
+            accepted_at = spool.oldest_accepted_at()
+            if accepted_at is not None and (oldest is None or accepted_at < oldest):
+                oldest = accepted_at
     now = time.time()
-    service = channel.service.name
-    settings = channel.settings
     return {
-        "plugin": channel.plugin,
-        "service": service,
-        "stream": channel.stream,
-        "endpoint": getattr(settings, f"aws_{service}_endpoint"),
-        "region": clients.regions.get(service, "") if clients else "",
+        "plugin": snapshot.plugin,
+        "service": snapshot.service,
+        "stream": snapshot.stream,
+        "endpoint": snapshot.endpoint,
+        "region": region,
         "state": counters.state,
         "accepted": counters.accepted,
         "delivered": counters.delivered,
@@ -87,8 +94,8 @@ def channel_row(channel: Channel, clients: Any) -> dict[str, Any]:
         "last_success": int(counters.last_success),
         "last_error": counters.last_error,
         "last_error_time": int(counters.last_error_at),
-        "credential_source": getattr(clients, "credential_source", "") if clients else "",
-        "credential_expires": int(getattr(clients, "expires_at", 0) or 0) if clients else 0,
+        "credential_source": credential_source,
+        "credential_expires": int(credential_expires or 0),
         "updated": int(now),
     }
 
@@ -139,7 +146,7 @@ def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any
         row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
         with contextlib.suppress(OSError, ValueError):
             row.update(json.loads((directory / STATE_FILE).read_text()))
-        records, size, oldest = inspect_spool(directory)
+        records, size, oldest = _inspect_plugin(directory)
         row["service"] = row.get("service") or directory.name
         row["plugin"] = row.get("plugin") or f"aws_{directory.name}"
         row["spool_records"], row["spool_bytes"] = records, size
@@ -148,6 +155,20 @@ def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any
         row["healthy"] = healthy(row)
         rows.append(row)
     return rows
+
+
+def _inspect_plugin(directory: Path) -> tuple[int, int, float | None]:
+    """A plugin's spool and, once it routes rows, its destinations' spools beside it."""
+    records, size, oldest = inspect_spool(directory)
+    routed = directory / ROUTED_DIR
+    for sub in sorted(routed.iterdir()) if routed.is_dir() else []:
+        if sub.is_dir() and not sub.is_symlink():
+            more, held, first = inspect_spool(sub)
+            records += more
+            size += held
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+    return records, size, oldest
 
 
 def healthy(row: dict[str, Any]) -> bool:

@@ -45,10 +45,34 @@ def test_an_aggregate_never_passes_the_record_limit() -> None:
     assert len(deaggregate(aggregate.data(), "host-1")) == taken
 
 
-def test_a_single_row_always_fits_an_empty_aggregate() -> None:
-    # A row too big on its own is the flusher's oversize drop, decided before aggregation.
+def test_a_row_too_big_to_wrap_is_refused_even_by_an_empty_aggregate() -> None:
+    # The accumulator then sends it as a plain record (KPL consumers take both).
     aggregate = KplAggregate("k", 100)
-    assert aggregate.add(b"y" * 500) and aggregate.rows == 1
+    assert not aggregate.add(b"y" * 500) and aggregate.rows == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(key_length=st.integers(1, 256), slack=st.integers(-40, 40))
+def test_an_aggregate_of_one_row_is_sized_exactly_whatever_the_key(key_length: int,
+                                                                   slack: int) -> None:
+    # A UUID host identifier is 36 characters; a row that fits plain may not fit wrapped.
+    key = "k" * key_length
+    limit = KINESIS_LIMITS.max_record_bytes
+    probe = KplAggregate(key, limit)
+    assert probe.add(b"")
+    overhead = probe.size() + 1  # the row's length varint grows by one byte past 127 bytes
+    row = b"r" * (limit - overhead - slack - 3)
+    aggregate = KplAggregate(key, limit)
+    taken = aggregate.add(row)
+    exact = len(aggregate.data()) + len(key) if taken else None
+    assert taken == (exact is not None)
+    if taken:
+        assert exact == aggregate.size() <= limit
+    else:
+        assert KplAggregate(key, 1 << 30).add(row)
+        unlimited = KplAggregate(key, 1 << 30)
+        unlimited.add(row)
+        assert unlimited.size() > limit, "refused only when it would pass the limit"
 
 
 def test_firehose_packs_keep_newline_delimited_rows() -> None:

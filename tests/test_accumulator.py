@@ -1,0 +1,307 @@
+"""The accumulator in process: real spools on tmp_path, outcomes reported by hand, no network."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_kinesis_agg.deaggregator import deaggregate_records
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from osquery_aws_logger._accumulator import ROUTED_DIR, Accumulator, Batch
+from osquery_aws_logger._batching import result_record
+from osquery_aws_logger._counters import PluginCounters
+from osquery_aws_logger._errors import DeliveryError
+from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
+from osquery_aws_logger._settings import Settings
+from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, Spool
+
+HOST = "0f8b1c5e-3d2a-4c1b-9e7f-6a5b4c3d2e1f"  # a UUID host identifier, 36 bytes
+
+
+def line(index: int, name: str = "pack_test_q", pad: int = 0) -> bytes:
+    row = {"name": name, "hostIdentifier": HOST, "columns": {"i": index, "pad": "x" * pad}}
+    return json.dumps(row, separators=(",", ":")).encode()
+
+
+def make(tmp_path: Path, service: Service = KINESIS, *, spool_cap: int = 100_000,
+         **options: Any) -> tuple[Accumulator, Spool, PluginCounters]:
+    counters = PluginCounters()
+    stream = options.pop(f"aws_{service.name}_stream", "main")
+    settings = Settings(**{f"aws_{service.name}_stream": stream, "buffered_log_max": spool_cap,
+                           **options})
+    spool = Spool(tmp_path / service.name, max_records=settings.buffered_log_max,
+                  max_bytes=settings.aws_logger_spool_max_bytes, on_drop=counters.drop)
+    accumulator = Accumulator(f"aws_{service.name}", service, spool, counters, settings,
+                              host_identifier="local-host")
+    return accumulator, spool, counters
+
+
+def rows_of(batch: Batch) -> list[int]:
+    """The row indices a batch carries (plain records)."""
+    return [json.loads(entry.data)["columns"]["i"] for entry in batch.entries]
+
+
+def deliver_all(accumulator: Accumulator, now: float = 1000.0) -> list[int]:
+    """Send every batch ready, all accepted; answer the row indices, in the order sent."""
+    sent: list[int] = []
+    for _ in range(100):
+        ready = accumulator.ready(now, draining=True)
+        if not ready.batches:
+            return sent
+        for batch in ready.batches:
+            sent += rows_of(batch)
+            accumulator.completed(batch, [None] * len(batch.entries), now)
+    raise AssertionError("never drained")
+
+
+def test_rows_wait_for_the_period_unless_a_full_batch_is_waiting(tmp_path: Path) -> None:
+    accumulator, spool, _ = make(tmp_path, aws_kinesis_period=10)
+    for i in range(3):
+        spool.append(KIND_RESULT, line(i))
+    ready = accumulator.ready(5.0)
+    assert ready.batches == () and ready.wake_at == 10.0, "the first period ends at 10 s"
+    for i in range(3, 503):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(6.0).batches
+    assert rows_of(batch) == list(range(500)), "a full batch goes before the period ends"
+    assert accumulator.ready(6.5).batches == (), "nothing more until the batch is reported"
+    accumulator.completed(batch, [None] * 500, 6.5)
+    assert accumulator.ready(7.0).batches == (), "the rest waits for the next period"
+    (rest,) = accumulator.ready(16.5).batches
+    assert rows_of(rest) == [500, 501, 502]
+
+
+def test_partial_failures_resend_only_the_failed_entries_in_order(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(10):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    codes = [None] * 10
+    for i in (1, 3, 7):
+        codes[i] = "ProvisionedThroughputExceededException"
+    accumulator.completed(batch, codes, 0.0)
+    assert counters.delivered == 7 and counters.retried == 3 and counters.throttled == 3
+    assert counters.state == "throttled"
+    retry_at = accumulator.ready(0.0, draining=True)
+    assert retry_at.batches == () and 0.0 <= retry_at.wake_at <= 0.5, "backing off, with jitter"
+    (again,) = accumulator.ready(1.0, draining=True).batches
+    assert rows_of(again) == [1, 3, 7]
+    accumulator.completed(again, [None] * 3, 1.0)
+    assert counters.delivered == 10 and counters.state == "ok"
+    assert spool.depth()[0] == 0, "everything acknowledged"
+
+
+def test_the_ack_never_passes_an_undelivered_row(tmp_path: Path) -> None:
+    accumulator, spool, _ = make(tmp_path)
+    for i in range(5):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    accumulator.completed(batch, [None, "InternalFailure", None, None, None], 0.0)
+    assert spool.depth()[0] == 4, "rows 1..4 stay on disk: row 1 is not delivered"
+    accumulator.close()
+    counters = PluginCounters()
+    reopened = Spool(tmp_path / "kinesis", max_records=100, max_bytes=1 << 30,
+                     on_drop=counters.drop)
+    restarted = Accumulator("aws_kinesis", KINESIS, reopened, counters,
+                            Settings(aws_kinesis_stream="main"), host_identifier="h")
+    assert deliver_all(restarted) == [1, 2, 3, 4], "after a restart: at least once, in order"
+
+
+def test_unusable_lines_are_dropped_counted_and_acknowledged(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    spool.append(KIND_RESULT, b"not json")
+    spool.append(KIND_RESULT, b'{"a":"\xff"}')
+    spool.append(KIND_RESULT, line(0))
+    spool.append(KIND_RESULT, line(1, pad=1024 * 1024))
+    assert deliver_all(accumulator) == [0]
+    assert counters.dropped["not_json"] == counters.dropped["invalid_utf8"] == 1
+    assert counters.dropped["oversize"] == 1
+    assert spool.depth()[0] == 0
+
+
+def test_a_failing_route_does_not_hold_back_the_plugins_stream(tmp_path: Path) -> None:
+    routes = (("typo-stream", ("pack_sec_*",)),)
+    accumulator, spool, counters = make(tmp_path, aws_kinesis_routes=routes)
+    for i in range(100):
+        spool.append(KIND_RESULT, line(i))
+        spool.append(KIND_RESULT, line(1000 + i, name="pack_sec_x"))
+    now = 0.0
+    delivered: list[int] = []
+    for attempt in range(10):
+        now = attempt * 61.0  # past any backoff
+        spool.append(KIND_RESULT, line(100 + attempt))
+        for batch in accumulator.ready(now, draining=True).batches:
+            if batch.destination == "typo-stream":
+                accumulator.failed(batch, DeliveryError("ResourceNotFoundException", "no stream",
+                                                        retriable=False), now)
+            else:
+                delivered += rows_of(batch)
+                accumulator.completed(batch, [None] * len(batch.entries), now)
+    assert delivered == list(range(110)), "every row of the main stream, in order"
+    assert spool.depth()[0] == 0, "the intake is acknowledged: routed rows wait in their own spool"
+    routed = Spool(tmp_path / "kinesis" / ROUTED_DIR / "typo-stream", max_records=1000,
+                   max_bytes=1 << 30, on_drop=counters.drop)
+    assert routed.depth()[0] == 100
+    assert counters.state == "failing"
+    states = {d.stream: d.state for d in accumulator.published.destinations}
+    assert states == {"main": "ok", "typo-stream": "failing"}
+
+
+def test_a_blocked_destination_is_bounded_by_the_caps_and_drops_its_oldest(tmp_path: Path) -> None:
+    options = {"aws_kinesis_status_stream": "status-stream"}
+    accumulator, spool, counters = make(tmp_path, spool_cap=64, **options)
+    for i in range(300):
+        spool.append(KIND_STATUS, json.dumps({"log_type": "status", "message": str(i)}).encode())
+        accumulator.ready(float(i))  # routed as they come; nothing is ever reported delivered
+    records, _ = accumulator.depth()
+    assert records <= 64 and counters.dropped["cap_records"] == 300 - records
+    assert spool.depth()[0] == 0
+
+
+def test_lowering_a_cap_drops_the_oldest_at_once_and_counts_them(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path, spool_cap=1_000_000)
+    for i in range(3000):
+        spool.append(KIND_RESULT, line(i))
+    accumulator.ready(0.0, draining=True)  # a batch read into memory
+    accumulator.apply(Settings(aws_kinesis_stream="main", buffered_log_max=64), 1.0)
+    assert spool.depth()[0] == 64 and counters.dropped["cap_records"] == 3000 - 64
+    assert deliver_all(accumulator) == list(range(3000 - 64, 3000)), "the newest are kept"
+
+
+def test_new_settings_reshape_what_was_read(tmp_path: Path) -> None:
+    accumulator, spool, _ = make(tmp_path, aws_kinesis_aggregate=True)
+    for i in range(20):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    assert len(batch.entries) == 1 and batch.rows == 20, "one aggregate"
+    accumulator.apply(Settings(aws_kinesis_stream="main"), 0.0)
+    assert deliver_all(accumulator) == list(range(20)), "read again, one row per record"
+
+
+def deaggregated(data: bytes, key: str) -> list[bytes]:
+    event = {"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": key, "sequenceNumber": "1",
+                         "data": base64.b64encode(data).decode(), "approximateArrivalTimestamp": 0}}
+    return [base64.b64decode(r["kinesis"]["data"]) for r in deaggregate_records([event])]
+
+
+def test_aggregates_with_long_host_keys_never_pass_the_record_limit(tmp_path: Path) -> None:
+    accumulator, spool, _ = make(tmp_path, aws_kinesis_aggregate=True)
+    limit = KINESIS.limits.max_record_bytes
+    # Rows just under the limit as plain records: too big to wrap with a 36-byte key.
+    plain = len(result_record(line(0))[0]) + len(HOST)
+    for i in range(3):
+        spool.append(KIND_RESULT, line(i, pad=limit - plain - i * 20))
+    for i in range(3, 400):
+        spool.append(KIND_RESULT, line(i, pad=9000))
+    seen: list[int] = []
+    for _ in range(20):
+        ready = accumulator.ready(0.0, draining=True)
+        if not ready.batches:
+            break
+        for batch in ready.batches:
+            for entry in batch.entries:
+                assert entry.size() <= limit
+                assert entry.partition_key == HOST
+                rows = deaggregated(entry.data, entry.partition_key)
+                seen += [json.loads(row)["columns"]["i"] for row in rows]
+            accumulator.completed(batch, [None] * len(batch.entries), 0.0)
+    assert seen == list(range(400))
+
+
+def test_gzipped_packs_are_checked_once_closed(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path, FIREHOSE, aws_firehose_pack=True,
+                                        aws_firehose_compression="gzip")
+    for i in range(50):
+        spool.append(KIND_RESULT, line(i, pad=30_000))
+    ready = accumulator.ready(0.0, draining=True)
+    for batch in ready.batches:
+        for entry in batch.entries:
+            assert entry.size() <= FIREHOSE.limits.max_record_bytes
+    assert sum(b.rows for b in ready.batches) == 50 and counters.dropped["oversize"] == 0
+
+
+ROUTED = {"aws_kinesis_routes": (("side", ("pack_side_*",)),)}
+
+
+@pytest.mark.parametrize("options", [{}, ROUTED], ids=["in place", "routed"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 40),  # rows appended
+                                st.lists(st.booleans(), max_size=60),  # entry outcomes
+                                st.booleans()),  # restart afterwards
+                      min_size=1, max_size=8))
+def test_across_restarts_every_row_is_delivered_and_nothing_unsent_is_acknowledged(
+        tmp_path_factory: Any, options: dict[str, Any],
+        steps: list[tuple[int, list[bool], bool]]) -> None:
+    directory = tmp_path_factory.mktemp("acc")
+
+    def start() -> tuple[Accumulator, Spool]:
+        counters = PluginCounters()
+        spool = Spool(directory / "kinesis", max_records=100_000, max_bytes=1 << 30,
+                      on_drop=counters.drop)
+        return Accumulator("aws_kinesis", KINESIS, spool, counters,
+                           Settings(aws_kinesis_stream="main", **options),
+                           host_identifier="h"), spool
+
+    accumulator, spool = start()
+    appended = 0
+    delivered: set[int] = set()
+    for count, outcomes, restart in steps:
+        for _ in range(count):
+            spool.append(KIND_RESULT, line(appended, name=f"pack_{'side' if appended % 3 else 'm'}_q"))
+            appended += 1
+        for batch in accumulator.ready(1e9, draining=True).batches:
+            codes = [None if (outcomes[i] if i < len(outcomes) else True) else "InternalFailure"
+                     for i in range(len(batch.entries))]
+            delivered.update(i for i, c in zip(rows_of(batch), codes, strict=True) if c is None)
+            accumulator.completed(batch, codes, 1e9)
+        if restart:
+            accumulator.close()
+            accumulator, spool = start()
+            # What the spools still hold is at least every row not yet delivered.
+            assert accumulator.depth()[0] >= appended - len(delivered)
+    accumulator.close()
+    accumulator, spool = start()
+    delivered.update(deliver_all(accumulator, now=2e9))
+    assert delivered == set(range(appended))
+    assert accumulator.depth()[0] == 0
+
+
+def test_a_routed_spool_left_by_earlier_settings_still_drains(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path, **ROUTED)
+    for i in range(6):
+        spool.append(KIND_RESULT, line(i, name="pack_side_q" if i % 2 else "pack_m_q"))
+    for batch in accumulator.ready(0.0, draining=True).batches:
+        accumulator.failed(batch, DeliveryError("InternalFailure", "x", retriable=True), 0.0)
+    accumulator.close()
+    # Restarted with the route gone: the side stream's rows still go to the side stream.
+    reopened = Spool(tmp_path / "kinesis", max_records=100, max_bytes=1 << 30, on_drop=counters.drop)
+    plain = Accumulator("aws_kinesis", KINESIS, reopened, counters,
+                        Settings(aws_kinesis_stream="main"), host_identifier="h")
+    sent: dict[str, list[int]] = {}
+    for _ in range(5):
+        for batch in plain.ready(100.0, draining=True).batches:
+            sent.setdefault(batch.destination, []).extend(rows_of(batch))
+            plain.completed(batch, [None] * len(batch.entries), 100.0)
+    assert sent == {"main": [0, 2, 4], "side": [1, 3, 5]}
+    assert plain.depth()[0] == 0
+    assert [d.stream for d in plain.published.destinations] == ["main"], "the empty one is closed"
+
+
+def test_a_cap_dropping_rows_of_the_batch_out_leaves_the_queue_consistent(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(600):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    spool.set_caps(50, 1 << 30)  # drops rows 0..549, most of them in the batch that is out
+    assert accumulator.ready(0.0, draining=True).batches == ()
+    accumulator.completed(batch, [None] * len(batch.entries), 0.0)  # AWS took them anyway
+    sent = deliver_all(accumulator)
+    assert sent == list(range(550, 600))
+    # The spool counts its drops when it makes them; those AWS took count as delivered too.
+    assert counters.delivered == 550 and counters.dropped["cap_records"] == 550
+    assert accumulator.depth()[0] == 0

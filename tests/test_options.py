@@ -1,0 +1,129 @@
+"""One option table: Settings, the flags, the typed per-service views and the README agree with it.
+Also the package's import graph (no cycles, TYPE_CHECKING included) and the retry code lists."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from botocore.retries import standard
+
+from osquery_aws_logger._flags import add_option_flags
+from osquery_aws_logger._retry import THROTTLING_CODES, TRANSIENT_CODES, is_retriable, is_throttling
+from osquery_aws_logger._settings import OPTIONS, Settings, option_default, parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "osquery_aws_logger"
+
+
+def test_settings_declare_exactly_the_tables_options_with_its_defaults() -> None:
+    fields = dataclasses.fields(Settings)
+    assert [f.name for f in fields] == [spec.name for spec in OPTIONS]
+    for f in fields:
+        assert f.default == option_default(f.name), f.name
+    assert parse_settings({}, {}) == (Settings(), [])
+
+
+def test_every_option_is_a_flag_and_booleans_take_a_bare_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_option_flags(parser)
+    args = parser.parse_args(["--aws_kinesis_aggregate", "--aws_kinesis_period", "3"])
+    assert args.aws_kinesis_aggregate == "true" and args.aws_kinesis_period == "3"
+    assert {a.dest for a in parser._actions} >= {spec.name for spec in OPTIONS}
+
+
+def readme_options() -> dict[str, tuple[str, bool]]:
+    """The README's options table: each option's default and whether it is marked as ours (*)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Options", 1)[1].split("\n\n", 2)[1]
+    found: dict[str, tuple[str, bool]] = {}
+    for row in section.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        names = re.findall(r"`([a-z_]+)`", cells[0])
+        default = cells[1].strip("`")
+        for name in names:
+            assert name not in found, f"{name} twice in the README"
+            found[name] = (default, cells[0].endswith("*"))
+    return found
+
+
+def test_the_readme_option_table_matches_the_option_table() -> None:
+    documented = readme_options()
+    assert set(documented) == {spec.name for spec in OPTIONS}
+    for spec in OPTIONS:
+        default, ours = documented[spec.name]
+        assert default == spec.default, spec.name
+        assert ours == (not spec.osquery), spec.name
+
+
+def test_each_service_has_a_typed_view_of_its_options() -> None:
+    settings, problems = parse_settings({
+        "custom_aws_kinesis_stream": "k", "aws_kinesis_period": "3",
+        "custom_aws_kinesis_routes": '{"sec": ["pack_sec_*"]}',
+        "custom_aws_firehose_stream": "f", "custom_aws_firehose_pack": "true",
+        "custom_aws_firehose_compression": "gzip", "custom_aws_firehose_status_stream": "st"}, {})
+    assert problems == []
+    kinesis, firehose = settings.service("kinesis"), settings.service("firehose")
+    assert (kinesis.stream, kinesis.period, kinesis.many_rows_per_record) == ("k", 3, False)
+    assert kinesis.route(False, "pack_sec_x") == "sec" and kinesis.route(False, "other") == "k"
+    assert not kinesis.single_destination() and kinesis.route(True, "") == "k"
+    assert (firehose.stream, firehose.compression, firehose.many_rows_per_record) == ("f", "gzip", True)
+    assert firehose.route(True, "") == "st" and not firehose.single_destination()
+    with pytest.raises(KeyError):
+        settings.service("sqs")
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package modules a module imports, at run time or under TYPE_CHECKING alike."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module)
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("osquery_aws_logger."):
+            found.add(node.module.split(".", 1)[1])  # type: ignore[union-attr]
+    return found
+
+
+def test_the_package_has_no_import_cycles_even_under_type_checking() -> None:
+    graph = {path.stem: imports_of(path) for path in PACKAGE.glob("*.py")}
+    graph["__init__"] = set()  # `from . import __version__` reaches the package, not a cycle
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        assert module not in trail, " -> ".join([*trail, module])
+        if module in done:
+            return
+        for imported in graph.get(module, set()):
+            visit(imported, [*trail, module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+    # Status reads what the accumulator publishes; the accumulator knows nothing of status.
+    assert "_flusher" not in graph["_status"] and "_status" not in graph["_accumulator"]
+    assert "_flusher" not in graph["_commands"]
+
+
+@pytest.mark.parametrize("code", ["Throttling", "ThrottledException", "RequestThrottledException",
+                                  "BandwidthLimitExceeded", "TransactionInProgressException",
+                                  "ProvisionedThroughputExceededException", "KMSThrottlingException",
+                                  "ServiceUnavailableException"])
+def test_botocores_throttles_and_the_services_own_are_throttles(code: str) -> None:
+    assert is_throttling(code) and is_retriable(code, 400)
+
+
+def test_the_code_lists_contain_botocores_own() -> None:
+    assert set(standard.ThrottledRetryableChecker._THROTTLED_ERROR_CODES) - {
+        "PriorRequestNotComplete"} <= THROTTLING_CODES
+    assert set(standard.TransientRetryableChecker._TRANSIENT_ERROR_CODES) <= TRANSIENT_CODES
+    assert is_retriable("Anything", 502) and is_retriable("Anything", 509)
+    assert is_throttling("Anything", 429)
+    for code in ("ResourceNotFoundException", "AccessDeniedException", "ValidationException"):
+        assert not is_retriable(code, 400) and not is_throttling(code, 400)
