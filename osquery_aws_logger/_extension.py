@@ -32,6 +32,7 @@ from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import SERVICES, Channel, Flusher, local_host_identifier
+from ._logs import note_settings
 from ._settings import Settings, parse_settings
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
@@ -401,6 +402,7 @@ class LoggerExtension:
         except (TTransport.TTransportException, OSError):
             options = {}
         settings, problems = parse_settings(options, self.args.command_line)
+        note_settings(settings)  # log format and the secrets to redact, before any use
         return settings, problems
 
     def _announce_problems(self, problems: list[str]) -> None:

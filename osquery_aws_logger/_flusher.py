@@ -25,7 +25,7 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ._aggregate import FirehosePack, KplAggregate
-from ._aws import AwsClients
+from ._aws import AwsClients, connection_error
 from ._batching import (
     FIREHOSE_LIMITS,
     KINESIS_LIMITS,
@@ -41,6 +41,8 @@ from ._batching import (
 )
 from ._counters import PluginCounters
 from ._errors import DeliveryError
+from ._metrics import MetricsFile
+from ._redact import redact
 from ._retry import EXPIRED_CODES, Backoff, is_retriable, is_throttling
 from ._settings import Settings
 from ._spool import KIND_STATUS, Spool
@@ -116,22 +118,25 @@ FIREHOSE: Final = Service("firehose", FIREHOSE_LIMITS, _put_firehose)
 SERVICES: Final = {s.name: s for s in (KINESIS, FIREHOSE)}
 
 
-def delivery_error(exc: Exception) -> DeliveryError:
-    """A botocore failure of a whole call, classified; the message carries no secrets."""
+def delivery_error(exc: Exception, *, read_timeout: float | None = None) -> DeliveryError:
+    """A botocore failure of a whole call, classified, with its cause: for connection trouble
+    the URL and why (refused, DNS, TLS, proxy, timeout). Service and exception text is
+    redacted of every known secret before it is cut to length (so no half secret survives)."""
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "ClientError")
+        code = redact(str(error.get("Code") or "ClientError"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return DeliveryError(code, str(error.get("Message", ""))[:300],
+        return DeliveryError(code, redact(str(error.get("Message", "")))[:300],
                              retriable=is_retriable(code, status), throttled=is_throttling(code),
                              expired_credentials=code in EXPIRED_CODES)
     if isinstance(exc, BotoCoreError):
-        # Connection refused/reset, DNS, timeouts, unreadable answers: all worth retrying.
-        return DeliveryError(type(exc).__name__, "no usable answer from the endpoint",
-                             retriable=True)
-    return DeliveryError(type(exc).__name__, "unexpected failure", retriable=True)
+        # Connection refused/reset, DNS, timeouts, TLS, proxy: all worth retrying.
+        cause, message = connection_error(exc, read_timeout=read_timeout)
+        return DeliveryError(type(exc).__name__, f"{cause}: {message}", retriable=True)
+    return DeliveryError(type(exc).__name__, "unexpected failure: " + redact(str(exc))[:200],
+                         retriable=True)
 
 
 class _RateLimit:
@@ -410,7 +415,7 @@ class Channel:
         try:
             codes = self.service.put(clients, stream, batch)
         except Exception as exc:
-            error = delivery_error(exc)
+            error = delivery_error(exc, read_timeout=clients.read_timeout)
         if error is not None:
             # A failed botocore call leaves exception-traceback-frame cycles holding its request
             # (a call's worth of bytes) until the cyclic collector happens to run; through an
@@ -517,6 +522,7 @@ class Flusher:
         self._next_report = time.monotonic() + REPORT_INTERVAL_SECONDS
         self._next_state = 0.0
         self._lock = threading.Lock()
+        self._metrics = MetricsFile()
 
     def start(self) -> None:
         self._thread.start()
@@ -630,8 +636,10 @@ class Flusher:
         return rows
 
     def write_states(self) -> None:
-        for channel, row in zip(self.channels, self.rows(), strict=True):
+        rows = self.rows()
+        for channel, row in zip(self.channels, rows, strict=True):
             write_state(channel.spool.directory, row)
+        self._metrics.write(self._settings.aws_logger_metrics_file, rows)
 
     def _report(self, now: float) -> None:
         if now >= self._next_state:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ._redact import redact
 from ._safefs import atomic_write
 from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
 from ._wire import response
@@ -111,7 +112,7 @@ class StatusTable:
     def handle(self, request: dict[str, str]) -> Any:
         action = request.get("action")
         if action == "generate":
-            rows = [{k: _text(v) for k, v in row.items()} for row in self._rows()]
+            rows = [{k: redact(_text(v)) for k, v in row.items()} for row in self._rows()]
             return response(0, rows=rows)
         if action == "columns":
             return response(0, rows=self.routes())
@@ -123,7 +124,8 @@ def write_state(directory: Path, row: dict[str, Any]) -> None:
 
     A full disk or a vanished directory only costs this update: never raises.
     """
-    data = json.dumps({**row, "pid": os.getpid()}, sort_keys=True).encode()
+    safe = {k: redact(v) if isinstance(v, str) else v for k, v in row.items()}
+    data = json.dumps({**safe, "pid": os.getpid()}, sort_keys=True).encode()
     with contextlib.suppress(OSError):
         atomic_write(directory, STATE_FILE, data, mode=0o600)
 
