@@ -284,3 +284,41 @@ def test_status_says_0s_for_a_state_file_written_this_second(tmp_path: Path) -> 
     result = run_cli("status", "--aws_logger_spool_dir", str(tmp_path / "spool"))
     line = next(x for x in result.stdout.splitlines() if x.startswith("aws_kinesis"))
     assert re.search(r"\s[01]s\s", line), line
+
+
+# -- 12: removal keeps the spool and says so -------------------------------------------------------
+
+PREREMOVE = Path(__file__).resolve().parent.parent / "packaging" / "scripts" / "preremove.sh"
+
+
+@pytest.mark.parametrize(("args", "told"), [(["remove"], True), (["0"], True),
+                                            (["upgrade", "0.2"], False), (["1"], False)])
+def test_removal_says_the_spool_is_kept(tmp_path: Path, args: list[str], told: bool) -> None:
+    load = tmp_path / "extensions.load"
+    load.write_text("/opt/osquery-aws-logger/osquery-aws-logger.ext\n")
+    result = subprocess.run(["sh", str(PREREMOVE), *args], capture_output=True, text=True,
+                            env={**os.environ, "OSQUERY_EXTENSIONS_LOAD": str(load)}, check=True)
+    assert ("spool of undelivered records (/var/osquery/aws_logger" in result.stdout) is told
+
+
+# -- make demo: plain progress lines when stdout is not a terminal ----------------------------------
+
+def test_demo_progress_is_plain_lines_in_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests import demo  # noqa: PLC0415 - the demo module is a script, imported only here
+
+    class Landed:
+        def kinesis_records(self) -> list[object]:
+            return [object()] * 3
+
+        def firehose_lines(self) -> list[bytes]:
+            return [b"{}"] * 3
+
+    started = time.monotonic()
+    for sent in (1, 2, 3):
+        demo.progress(sent, Landed(), started)  # type: ignore[arg-type]
+    demo.end_progress()
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    assert lines and all("lines sent" in line for line in lines)
+    assert lines[-1].split()[3] == "3", "the finished state is always printed"
