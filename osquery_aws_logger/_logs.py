@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final
 
 from ._redact import redact, remember, remember_basic_auth
@@ -67,6 +69,25 @@ def configure(level: int, *, stream: IO[str] | None = None, style: str = "text")
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # An exception nobody caught is printed by Python itself, bypassing the handler: route it
+    # through the handler instead, so it too gets a time and has its secrets redacted.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("osquery_aws_logger").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    logging.getLogger("osquery_aws_logger").critical(
+        "uncaught exception in thread %s", args.thread.name if args.thread else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def set_style(style: str) -> None:

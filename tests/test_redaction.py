@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -118,3 +120,23 @@ def test_assumed_role_secrets_are_redacted_too(
     assert len(issued) >= 2 and all(len(s) >= 16 for s in issued)
     assert_nowhere(issued, {"stderr": ext.stderr(), "table": table,
                             "state.json": state.read_text()})
+
+
+def test_uncaught_exceptions_go_through_the_log_handler_redacted(tmp_path: Path) -> None:
+    # In a process of its own: configure() takes over the root logger and the except hooks.
+    script = (
+        "import threading\n"
+        "from osquery_aws_logger import _logs, _redact\n"
+        "_logs.configure(20)\n"
+        f"_redact.remember({SECRET_KEY!r})\n"
+        f"def fail():\n    raise ValueError({SECRET_KEY!r})\n"
+        "t = threading.Thread(target=fail)\n"
+        "t.start(); t.join()\n"
+        f"raise RuntimeError('token ' + {SECRET_KEY!r})\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    assert SECRET_KEY not in result.stderr
+    assert "uncaught exception in thread" in result.stderr and "ValueError: <redacted>" in result.stderr
+    assert "RuntimeError: token <redacted>" in result.stderr
+    assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z osquery-aws-logger CRITICAL", result.stderr)
