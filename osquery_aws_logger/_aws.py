@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.configloader
+import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import (
@@ -30,6 +33,7 @@ from botocore.credentials import (
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ._errors import DeliveryError
+from ._redact import redact, remember, remember_basic_auth
 from ._settings import Settings
 
 log = logging.getLogger("osquery_aws_logger.aws")
@@ -39,6 +43,17 @@ DEFAULT_REGION: Final = "us-east-1"
 #: MAX_REFRESH_MARGIN): 180 s for a 900 s session, 300 s for an hour, a second for test ones.
 REFRESH_MARGIN_SHARE: Final = 0.2
 MAX_REFRESH_MARGIN: Final = 300.0
+#: The host's own trust stores, first found wins (Debian/Ubuntu/Alpine, RHEL/Fedora/Amazon
+#: Linux, openSUSE, older RHEL): a TLS-inspecting corporate proxy's CA is installed there.
+HOST_CA_BUNDLES: Final = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+)
+#: Each connect attempt's limit (see client_config); named in timeout messages.
+CONNECT_TIMEOUT_SECONDS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -118,8 +133,94 @@ def resolve_credentials(settings: Settings, environ: Mapping[str, str]) -> Resol
             log.debug("credential source %s unusable: %s", name, type(exc).__name__)
             continue
         if found is not None and found.access_key and found.secret_key:
+            # Whatever the source, its secret must never be echoed back into a log line.
+            remember(found.secret_key, found.token)
             return ResolvedCredentials(found, name)
     return None
+
+
+def missing_halves(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Sources that hold one half of a key pair: "aws_access_key_id is set but ..."."""
+    gaps = []
+    pairs = (("flags", settings.aws_access_key_id, settings.aws_secret_access_key,
+              "aws_access_key_id", "aws_secret_access_key"),
+             ("environment", environ.get("AWS_ACCESS_KEY_ID", ""),
+              environ.get("AWS_SECRET_ACCESS_KEY", ""),
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    for source, key_id, secret, id_name, secret_name in pairs:
+        if key_id and not secret:
+            gaps.append(f"{source}: {id_name} is set but {secret_name} is missing")
+        elif secret and not key_id:
+            gaps.append(f"{source}: {secret_name} is set but {id_name} is missing")
+    return gaps
+
+
+def no_credentials_message(settings: Settings, environ: Mapping[str, str]) -> str:
+    gaps = missing_halves(settings, environ)
+    if gaps:
+        return "incomplete key pair (" + "; ".join(gaps) + "), and no other source has one"
+    return ("none in any source (flags, aws_profile_name, environment, default profile, "
+            "instance metadata)")
+
+
+def ca_bundle(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The CA file TLS to AWS is checked against: the option, AWS_CA_BUNDLE, the host's store.
+
+    None means botocore's own bundle (a host without a trust store at a known path).
+    """
+    if settings.aws_logger_ca_bundle:
+        return settings.aws_logger_ca_bundle
+    if environ.get("AWS_CA_BUNDLE"):
+        return environ["AWS_CA_BUNDLE"]
+    for path in HOST_CA_BUNDLES:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _reason(error: object) -> str:
+    """The last, most specific part of a urllib3/socket error text, redacted."""
+    text = redact(str(error or ""))
+    # urllib3 wraps: "<urllib3.connection.HTTPConnection object at 0x..>: Failed to establish
+    # a new connection: [Errno 111] Connection refused"; the tail is the reason.
+    return text.rsplit(": ", 1)[-1].strip() if ": " in text else text.strip()
+
+
+def connection_error(exc: BotoCoreError, *, read_timeout: float | None = None) -> tuple[str, str]:
+    """A connection failure as (cause, message): the URL and why (refused, DNS, TLS, proxy,
+    timeout, closed). The message is redacted; it may quote what a proxy or socket said."""
+    kwargs = getattr(exc, "kwargs", {}) or {}
+    url = redact(str(kwargs.get("endpoint_url") or ""))
+    error = kwargs.get("error")
+    text = redact(str(error or ""))
+    lowered = text.lower()
+    if isinstance(exc, botocore.exceptions.ProxyConnectionError):
+        proxy = redact(str(kwargs.get("proxy_url") or ""))
+        return "proxy", f"cannot connect through the proxy {proxy}: {_reason(error)}"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        found = re.search(r"\[SSL: [A-Z_]+\][^(\]'\"]*", text)
+        detail = found.group(0).strip() if found else _reason(error)
+        return "TLS", (f"TLS to {url} failed: {detail} (the CA bundle in use is set by "
+                       "aws_logger_ca_bundle, AWS_CA_BUNDLE, or the host's trust store)")
+    if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+        return "timeout", f"no connection to {url} within {CONNECT_TIMEOUT_SECONDS}s"
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+        within = f" within {read_timeout:g}s" if read_timeout else ""
+        return "timeout", f"no answer from {url}{within}"
+    if isinstance(exc, botocore.exceptions.ConnectionClosedError):
+        return "closed", f"{url} closed the connection before answering"
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        if isinstance(error, socket.gaierror) or any(marker in lowered for marker in (
+                "name or service not known", "nodename nor servname", "name resolution",
+                "no address associated", "getaddrinfo")):
+            host = urlsplit(url).hostname or url
+            return "DNS", f"cannot resolve {host} (for {url}): {_reason(error)}"
+        if "refused" in lowered:
+            return "refused", f"connection to {url} refused: nothing listens there"
+        if "unreachable" in lowered or "no route" in lowered:
+            return "unreachable", f"{url} is unreachable: {_reason(error)}"
+        return "connect", f"cannot connect to {url}: {_reason(error)}"
+    return "connection", redact(str(exc))[:300]
 
 
 def profile_region(settings: Settings, environ: Mapping[str, str]) -> str:
@@ -142,6 +243,8 @@ def service_region(service: str, settings: Settings, environ: Mapping[str, str])
 def client_config(settings: Settings, *, read_timeout: float) -> Config:
     """botocore settings shared by every client: no retries of its own, bounded timeouts, proxy."""
     proxies = None
+    # Learnt even when the proxy is off: a later switch on must not find it unknown.
+    remember_basic_auth(settings.aws_proxy_username, settings.aws_proxy_password)
     if settings.aws_enable_proxy and settings.aws_proxy_host and settings.aws_proxy_port:
         auth = ""
         if settings.aws_proxy_username:
@@ -156,7 +259,7 @@ def client_config(settings: Settings, *, read_timeout: float) -> Config:
         # The flusher owns retrying (backoff as state, only failed entries resent); botocore
         # retrying underneath as well would multiply attempts and block the loop.
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=5,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=read_timeout,
         proxies=proxies,
         tcp_keepalive=True,
@@ -228,6 +331,9 @@ class AwsClients:
         self._prepared = PreparedBody()
         self._config = client_config(settings, read_timeout=read_timeout)
         self._last_logged_source = ""
+        #: The CA file clients check TLS against (None: botocore's own bundle).
+        self.verify = ca_bundle(settings, self.environ)
+        remember(settings.aws_secret_access_key, settings.aws_session_token)
 
     def invalidate(self) -> None:
         """Credentials were refused as expired: get new ones before the next call."""
@@ -247,7 +353,7 @@ class AwsClients:
         region = service_region(service, self.settings, self.environ)
         self.regions[service] = region
         client = self._session.client(service, region_name=region, endpoint_url=endpoint,
-                                      config=self._config)
+                                      config=self._config, verify=self.verify)
         if service in PREPARED_OPERATIONS:
             client.meta.events.register(
                 f"before-sign.{service}.{PREPARED_OPERATIONS[service]}", self._prepared.swap)
@@ -266,9 +372,8 @@ class AwsClients:
     def _credentials(self, now: float) -> Credentials:
         base = resolve_credentials(self.settings, self.environ)
         if base is None:
-            raise DeliveryError("NoCredentials", "no credentials in any source of the order "
-                                "(flags, aws_profile_name, environment, default profile, "
-                                "instance metadata)", retriable=True)
+            raise DeliveryError("NoCredentials", no_credentials_message(self.settings, self.environ),
+                                retriable=True)
         source, credentials = base.source, base.credentials
         self._refresh_at = None
         self.expires_at = None
@@ -288,20 +393,27 @@ class AwsClients:
         settings = self.settings
         sts = _session_with(base).client(
             "sts", region_name=settings.aws_sts_region or service_region("sts", settings, self.environ),
-            endpoint_url=settings.aws_sts_endpoint or None, config=self._config)
+            endpoint_url=settings.aws_sts_endpoint or None, config=self._config,
+            verify=self.verify)
         self.assume_role_calls += 1
         try:
             answer = sts.assume_role(RoleArn=settings.aws_sts_arn_role,
                                      RoleSessionName=settings.aws_sts_session_name or "default",
                                      DurationSeconds=settings.aws_sts_timeout)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "ClientError")
-            raise DeliveryError(f"AssumeRole.{code}", "could not assume "
-                                f"{settings.aws_sts_arn_role}", retriable=True) from None
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "ClientError")
+            said = redact(str(error.get("Message") or ""))[:300]
+            raise DeliveryError(f"AssumeRole.{code}", f"could not assume "
+                                f"{settings.aws_sts_arn_role}" + (f": {said}" if said else ""),
+                                retriable=True) from None
         except BotoCoreError as exc:
-            raise DeliveryError("AssumeRole.Connection", type(exc).__name__,
+            cause, message = connection_error(exc, read_timeout=self.read_timeout)
+            raise DeliveryError("AssumeRole.Connection", f"{cause}: {message}",
                                 retriable=True) from None
         found = answer["Credentials"]
+        # Renewed credentials are new secrets: known before anything can echo them.
+        remember(found["SecretAccessKey"], found["SessionToken"])
         credentials = Credentials(found["AccessKeyId"], found["SecretAccessKey"],
                                   found["SessionToken"], method="assume-role")
         return credentials, found["Expiration"].timestamp()

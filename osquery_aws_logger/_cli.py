@@ -11,11 +11,12 @@ from . import __version__
 from ._commands import run_command
 from ._extension import ExtensionArgs, run
 from ._flags import add_option_flags, expand_flagfiles
+from ._logs import configure as configure_logging
 from ._settings import OPTIONS, SECRET_OPTIONS
 
 DEFAULT_SOCKET = "/var/osquery/osquery.em"
 #: Subcommands for operators; without one the command runs the extension (osqueryd's argv).
-COMMANDS = ("status", "check")
+COMMANDS = ("status", "check", "help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in COMMANDS:
-        logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                            format="osquery-aws-logger %(levelname)s %(name)s: %(message)s")
+        configure_logging(logging.WARNING)
         for noisy in ("botocore", "urllib3", "boto3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         return run_command(raw[0], raw[1:])
@@ -50,15 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"osquery-aws-logger: cannot read flag file: {exc}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(expanded)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-        format="osquery-aws-logger %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO,
+                      style=args.aws_logger_log_format or "text")
     # thrift logs every refused connect attempt and botocore every request; neither helps an
     # operator unless asked for.
     # botocore's DEBUG lines carry request headers (session token) and proxy URLs (password):
     # never below INFO, even with --verbose.
     for noisy in ("thrift", "botocore", "urllib3", "boto3"):
         logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # While osqueryd is not (yet) up, thrift's TSocket logs an ERROR for every connect attempt
+    # of the wait for the extension manager (about 30 of them); the extension says the one
+    # thing that matters itself ("no osquery extension manager answered on ..."), so even
+    # --verbose gains nothing from them.
+    logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
     command_line = {spec.name: getattr(args, spec.name) for spec in OPTIONS
                     if getattr(args, spec.name) is not None}
     on_argv = sorted(name for name in SECRET_OPTIONS

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from ._redact import redact
+
 #: Every reason a record can be dropped; each drop is counted under exactly one of them.
 DROP_REASONS: Final = (
     "not_json",  # a result line that does not parse as a JSON object
@@ -42,7 +44,8 @@ class PluginCounters:
             self.dropped[reason] += count
 
     def record_error(self, message: str) -> None:
-        self.last_error = message
+        # The one place errors are recorded: whatever a service said, no secret is kept.
+        self.last_error = redact(message)
         self.last_error_at = time.time()
 
     def snapshot(self) -> dict[str, object]:

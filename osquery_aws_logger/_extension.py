@@ -27,6 +27,7 @@ from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
+from ._logs import note_settings
 from ._manager import EXTENSION_NAME, ManagerClient
 from ._server import Server, tune_memory
 from ._service import SERVICES
@@ -221,6 +222,7 @@ class LoggerExtension:
         except (TTransport.TTransportException, OSError):
             options = {}
         settings, problems = parse_settings(options, self.args.command_line)
+        note_settings(settings)  # log format and the secrets to redact, before any use
         return settings, problems
 
     def _announce_problems(self, problems: list[str]) -> None:

@@ -43,6 +43,8 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         "a value given here wins.")
     for spec in OPTIONS:
         boolean = spec.boolean
+        # Some help texts say their default themselves ("default: aws_kinesis_stream").
+        default = "" if "default:" in spec.help else f" (default: {spec.default or 'empty'})"
         group.add_argument(f"--{spec.name}", dest=spec.name, metavar="VALUE",
                            nargs="?" if boolean else None, const="true" if boolean else None,
-                           help=f"{spec.help} (default: {spec.default or 'empty'})")
+                           help=spec.help + default)

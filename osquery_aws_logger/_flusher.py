@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from ._accumulator import Accumulator, Batch
 from ._aws import AwsClients
+from ._metrics import MetricsFile
 from ._retry import delivery_error
 from ._settings import Settings
 from ._status import status_row, write_state
@@ -62,7 +63,7 @@ class Sender:
         try:
             codes = accumulator.service.put(clients, batch.destination, batch.entries)
         except Exception as exc:
-            error = delivery_error(exc)
+            error = delivery_error(exc, read_timeout=clients.read_timeout)
         if error is not None:
             # A failed botocore call leaves exception-traceback-frame cycles holding its request
             # (a call's worth of bytes) until the cyclic collector happens to run; through an
@@ -93,6 +94,7 @@ class Flusher:
         self._next_report = time.monotonic() + REPORT_INTERVAL_SECONDS
         self._next_state = 0.0
         self._lock = threading.Lock()
+        self._metrics = MetricsFile()
 
     def start(self) -> None:
         self._thread.start()
@@ -227,8 +229,10 @@ class Flusher:
         return rows
 
     def write_states(self) -> None:
-        for accumulator, row in zip(self.accumulators, self.rows(), strict=True):
+        rows = self.rows()
+        for accumulator, row in zip(self.accumulators, rows, strict=True):
             write_state(accumulator.intake.directory, row)
+        self._metrics.write(self._settings.aws_logger_metrics_file, rows)
 
     def _report(self, now: float) -> None:
         if now >= self._next_state:

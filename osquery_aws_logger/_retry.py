@@ -19,7 +19,9 @@ import botocore.loaders
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.retries import standard
 
+from ._aws import connection_error
 from ._errors import DeliveryError
+from ._redact import redact
 
 #: Codes Kinesis and Firehose give a whole call or a single entry that botocore's lists lack.
 SERVICE_THROTTLING_CODES: Final = frozenset({
@@ -108,23 +110,26 @@ def is_retriable(code: str, http_status: int = 0) -> bool:
             or http_status >= 500)
 
 
-def delivery_error(exc: Exception) -> DeliveryError:
-    """A botocore failure of a whole call, classified; the message carries no secrets."""
+def delivery_error(exc: Exception, *, read_timeout: float | None = None) -> DeliveryError:
+    """A botocore failure of a whole call, classified, with its cause: for connection trouble
+    the URL and why (refused, DNS, TLS, proxy, timeout). Service and exception text is
+    redacted of every known secret before it is cut to length (so no half secret survives)."""
     if isinstance(exc, DeliveryError):
         return exc
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "ClientError")
+        code = redact(str(error.get("Code") or "ClientError"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return DeliveryError(code, str(error.get("Message", ""))[:300],
+        return DeliveryError(code, redact(str(error.get("Message", "")))[:300],
                              retriable=is_retriable(code, status),
                              throttled=is_throttling(code, status),
                              expired_credentials=code in EXPIRED_CODES)
     if isinstance(exc, BotoCoreError):
-        # Connection refused/reset, DNS, timeouts, unreadable answers: all worth retrying.
-        return DeliveryError(type(exc).__name__, "no usable answer from the endpoint",
-                             retriable=True)
-    return DeliveryError(type(exc).__name__, "unexpected failure", retriable=True)
+        # Connection refused/reset, DNS, timeouts, TLS, proxy: all worth retrying.
+        cause, message = connection_error(exc, read_timeout=read_timeout)
+        return DeliveryError(type(exc).__name__, f"{cause}: {message}", retriable=True)
+    return DeliveryError(type(exc).__name__, "unexpected failure: " + redact(str(exc))[:200],
+                         retriable=True)
 
 
 @dataclass

@@ -96,6 +96,13 @@ def _parse_str(text: str) -> str:
     return text.strip()
 
 
+def _parse_log_format(text: str) -> str:
+    value = text.strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
 Routes = tuple[tuple[str, tuple[str, ...]], ...]
 
 
@@ -203,6 +210,15 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_logger_record_ids", "false", _parse_bool,
                "Stamp each record with a stable log_id for consumers to drop duplicates",
                osquery=False),
+    OptionSpec("aws_logger_log_format", "text", _parse_log_format,
+               "Log lines as text or json (one object per line), each with an ISO-8601 UTC time",
+               osquery=False),
+    OptionSpec("aws_logger_metrics_file", "", _parse_str,
+               "Write the status counters in Prometheus text format to this .prom file",
+               osquery=False),
+    OptionSpec("aws_logger_ca_bundle", "", _parse_str,
+               "CA bundle for TLS to AWS (default: AWS_CA_BUNDLE, else the host's trust store)",
+               osquery=False),
 )
 
 OPTION_NAMES: Final = frozenset(spec.name for spec in OPTIONS)
@@ -289,6 +305,9 @@ class Settings:
     aws_kinesis_status_stream: str = ""
     aws_firehose_status_stream: str = ""
     aws_logger_record_ids: bool = False
+    aws_logger_log_format: str = "text"
+    aws_logger_metrics_file: str = ""
+    aws_logger_ca_bundle: str = ""
 
     def dump(self) -> dict[str, str]:
         """Every option as text, secrets redacted: safe to log or print."""

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
+from ._redact import redact
 from ._safefs import atomic_write
 from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
 from ._wire import response
@@ -118,7 +119,7 @@ class StatusTable:
     def handle(self, request: dict[str, str]) -> Any:
         action = request.get("action")
         if action == "generate":
-            rows = [{k: _text(v) for k, v in row.items()} for row in self._rows()]
+            rows = [{k: redact(_text(v)) for k, v in row.items()} for row in self._rows()]
             return response(0, rows=rows)
         if action == "columns":
             return response(0, rows=self.routes())
@@ -130,7 +131,8 @@ def write_state(directory: Path, row: dict[str, Any]) -> None:
 
     A full disk or a vanished directory only costs this update: never raises.
     """
-    data = json.dumps({**row, "pid": os.getpid()}, sort_keys=True).encode()
+    safe = {k: redact(v) if isinstance(v, str) else v for k, v in row.items()}
+    data = json.dumps({**safe, "pid": os.getpid()}, sort_keys=True).encode()
     with contextlib.suppress(OSError):
         atomic_write(directory, STATE_FILE, data, mode=0o600)
 

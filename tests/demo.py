@@ -25,12 +25,31 @@ REPLAY_SECONDS = 20
 QUERIES = ("pack_it_processes", "pack_it_listening_ports", "pack_ir_logged_in_users", "time")
 
 
+#: A plain progress line at most this often when stdout is not a terminal.
+PLAIN_EVERY_SECONDS = 2.0
+_last_plain = [-PLAIN_EVERY_SECONDS]
+
+
 def progress(sent: int, aws: Aws, started: float) -> tuple[int, int]:
+    """One progress line: redrawn in place with \\r on a terminal; in a pipe or a CI log,
+    where \\r would run every update into one line, a plain line every couple of seconds."""
     kinesis = len(aws.kinesis_records())
     firehose = len(aws.firehose_lines())
-    print(f"\r  {time.monotonic() - started:5.1f}s  lines sent {sent:6d}   "
-          f"Kinesis records {kinesis:6d}   Firehose records {firehose:6d}", end="", flush=True)
+    elapsed = time.monotonic() - started
+    text = (f"  {elapsed:5.1f}s  lines sent {sent:6d}   "
+            f"Kinesis records {kinesis:6d}   Firehose records {firehose:6d}")
+    if sys.stdout.isatty():
+        print("\r" + text, end="", flush=True)
+    elif elapsed - _last_plain[0] >= PLAIN_EVERY_SECONDS or (sent and (kinesis, firehose) >= (sent, sent)):
+        _last_plain[0] = elapsed
+        print(text, flush=True)
     return kinesis, firehose
+
+
+def end_progress() -> None:
+    """Finish the redrawn line on a terminal; plain lines need nothing."""
+    if sys.stdout.isatty():
+        print()
 
 
 def replay_with_standin(aws: Aws, work: Path) -> int:
@@ -58,7 +77,7 @@ def replay_with_standin(aws: Aws, work: Path) -> int:
             time.sleep(0.02)
         wait_for(lambda: progress(sent, aws, started) >= (sent, sent), 30, "every line")
         ext.terminate()
-    print()
+    end_progress()
     return sent
 
 
@@ -88,7 +107,7 @@ def replay_with_osqueryd(aws: Aws, work: Path, osqueryd: str) -> int:
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(socket_dir, ignore_errors=True)
-    print()
+    end_progress()
     results = [r for r in (json.loads(d) for d, _ in aws.kinesis_records())
                if r.get("log_type") == "result"]
     return len(results)

@@ -366,7 +366,7 @@ class MotoServer:
 # fault proxy
 # --------------------------------------------------------------------------------------------
 
-FaultKind = Literal["throttle", "fail_entries", "error", "drop", "delay", "down"]
+FaultKind = Literal["throttle", "fail_entries", "error", "drop", "delay", "down", "echo"]
 DownMode = Literal["refuse", "reset"]
 
 
@@ -390,6 +390,10 @@ class CallRecord:
     failed_indices: tuple[int, ...] = ()
     #: The request body exactly as the client sent it (before any rewriting).
     body: bytes = field(default=b"", repr=False)
+    #: The request's headers as the client sent them (kept with the bodies).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The body answered to the client (kept with the request bodies).
+    answer: bytes = field(default=b"", repr=False)
 
     @property
     def faulted(self) -> bool:
@@ -414,6 +418,7 @@ class _Rule:
     message: str | None = None
     indices: frozenset[int] = frozenset()
     seconds: float = 0.0
+    extra: Callable[[], str] | None = None
 
     def matches(self, operation: str | None) -> bool:
         return self.operations is None or operation in self.operations
@@ -664,6 +669,19 @@ class FaultProxy:
         """
         self._add(_Rule("error", n, _targets(target), code=code, status=status, message=message))
 
+    def echo(
+        self,
+        n: int,
+        status: int = 500,
+        target: str | Iterable[str] | None = None,
+        code: str = "InternalFailure",
+        extra: Callable[[], str] | None = None,
+    ) -> None:
+        """Answer the next ``n`` matching calls with an error whose message echoes the text
+        ``extra()`` gives at answer time, then every request header (session token included),
+        as a misconfigured gateway or debugging endpoint would."""
+        self._add(_Rule("echo", n, _targets(target), code=code, status=status, extra=extra))
+
     def drop(self, n: int, target: str | Iterable[str] | None = None) -> None:
         """Read the next ``n`` matching requests, then close the connection without answering.
 
@@ -902,7 +920,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         req = self._parse_request()
 
-        def record(status: int | None, fault: FaultKind | None, failed: tuple[int, ...] = ()) -> None:
+        def record(status: int | None, fault: FaultKind | None, failed: tuple[int, ...] = (),
+                   answer: bytes = b"") -> None:
+            keep = proxy.keep_bodies
             proxy._record(
                 CallRecord(
                     req.operation,
@@ -911,7 +931,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     status,
                     fault,
                     failed,
-                    req.body if proxy.keep_bodies else b"",
+                    req.body if keep else b"",
+                    tuple(req.headers) if keep else (),
+                    answer if keep else b"",
                 )
             )
 
@@ -924,7 +946,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         rule = proxy._take_rule(req.operation)
         if rule is None:
             status, headers, body = self._forward(req, req.body)
-            record(status, None)
+            record(status, None, answer=body)
+            self._respond(status, headers, body)
+        elif rule.kind == "echo":
+            said = (rule.extra() if rule.extra else "") + " request headers: " + "; ".join(
+                f"{name}: {value}" for name, value in sorted(
+                    req.headers, key=lambda h: h[0].lower() != "x-amz-security-token"))
+            status, headers, body = _error_response(req, rule.code or "InternalFailure",
+                                                    rule.status or 500, said)
+            record(status, "echo", answer=body)
             self._respond(status, headers, body)
         elif rule.kind in ("throttle", "error"):
             code, status, message = _defaults(rule, req)

@@ -145,6 +145,6 @@ def test_check_fails_clearly_on_a_wrong_config_without_showing_secrets(
     result = run_cli("check", "--config", str(missing))
     assert result.returncode == 1
     assert "ResourceNotFoundException" in result.stdout
-    assert "ok   credentials from flags" in result.stdout
+    assert "ok   credentials from the config's options (custom_aws_access_key_id)" in result.stdout
     assert "TOP-SECRET-2" not in result.stdout + result.stderr
     assert "aws_secret_access_key = <redacted>" in result.stdout

@@ -19,6 +19,10 @@ case "${1:-}" in
     *) exit 0 ;;
 esac
 
+# Removing (or purging) keeps the spool: it may hold records not yet delivered. Say so.
+echo "osquery-aws-logger: the spool of undelivered records (/var/osquery/aws_logger, or" \
+     "custom_aws_logger_spool_dir) is kept; delete it by hand once nothing in it is needed"
+
 [ -f "$LOAD" ] || exit 0
 # Edit the file a symlink points at, never replace the link with a file.
 if [ -L "$LOAD" ]; then
