@@ -41,7 +41,8 @@ class Sender:
 
     Owns the AWS clients and the credentials behind them (built on first use, dropped when the
     settings change, refreshed after an expired-token answer). `clients_factory` is the seam
-    for tests: anything with AwsClients' `put_prepared`, `invalidate` and `client`.
+    for tests: anything with AwsClients' `put_prepared`, `invalidate`, `client` and
+    `read_timeout` (named in the cause of a timed-out call).
     """
 
     def __init__(self, settings: Settings,

@@ -30,6 +30,7 @@ class ScriptedClients:
         self.regions = {"kinesis": "us-east-1"}
         self.credential_source = "scripted"
         self.expires_at = None
+        self.read_timeout = 10.0
 
     def put_prepared(self, service: str, method: str, params: dict[str, Any], body: bytes) -> Any:
         document = json.loads(body)
