@@ -83,11 +83,15 @@ class Server:
         self._codec = WireCodec(handler, handler.log_line)
         self._stop = threading.Event()
         self._connections: dict[int, _Connection] = {}
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
+        # Bound and listening under a private name, then renamed into place: osqueryd (which
+        # pings as soon as the path exists) never finds a socket that refuses connections.
+        staging = f"{path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        self._listener.bind(staging)
         self._listener.listen(1024)  # bursts of connects wait for the loop, not fail
+        os.replace(staging, path)
         self._listener.setblocking(False)
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll = select.epoll()
