@@ -29,7 +29,7 @@ def _target(ax: Any, y: float, text: str) -> None:
 
 
 def draw(results: dict[str, Any], path: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12.5))
     machine = results["machine"]
     source = results.get("source", {})
     fig.suptitle(f"osquery-aws-logger {source.get('commit', '')} `make bench` — {machine['nproc']} × "
@@ -114,6 +114,36 @@ def draw(results: dict[str, Any], path: Path) -> None:
         _target(ax, 80, "target ≤ 80 MB")
     ax.set_title("4. Resident memory (RSS)", fontsize=10)
     ax.set_ylabel("MB")
+
+    ax = axes[2][0]
+    batch = results.get("batch")
+    if batch:
+        bare = batch["bare_us_per_row"]
+        labels = ["bare osquery-python\na call per row", "extension\nevent format"]
+        values = [bare, batch["event_format_us_per_row"]]
+        for count, figure in batch["batch"].items():
+            labels.append(f"extension\nbatch, {count}/run")
+            values.append(figure["cpu_us_per_row"])
+        _bars(ax, labels, values, [FLOOR] + [EXT] * (len(values) - 1), "{:.0f} µs")
+        ax.set_yscale("log")
+        _target(ax, bare * 0.1, "≤ 0.1× at 10/run")
+        _target(ax, bare * 0.02, "≤ 0.02× at 100/run")
+        ax.tick_params(axis="x", labelsize=8)
+    ax.set_title("8. CPU per delivered row, all in: batch format (log scale)", fontsize=10)
+    ax.set_ylabel("µs of extension CPU per row")
+
+    ax = axes[2][1]
+    hardening = results.get("hardening")
+    if hardening:
+        ping, giant = hardening["ping"], hardening["giant"]
+        _bars(ax, ["ping p99\nidle", f"ping p99, {ping['idle_connections']}\nidle connections",
+                   f"{giant['line_mb']} MB line:\nanswer after last byte"],
+              [ping["idle_p99_ms"], ping["stalled_p99_ms"], giant["answer_s_median"] * 1e3],
+              [FLOOR, EXT, EXT], "{:.2f} ms")
+        ax.set_yscale("log")
+        _target(ax, 2000, "target ≤ 2 s for the line")
+    ax.set_title("7. Stalled peers and a giant line (log scale)", fontsize=10)
+    ax.set_ylabel("ms")
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)

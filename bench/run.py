@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001 PLR0917  (the multiplication sign is meant; helpers take the shared pieces)
 """`make bench`: issue 6's figures, each measured beside its floor in the same run.
 
-    python -m bench.run [--quick] [--reps N] [--only cost,drain,latency,memory,profile,savings,hardening] ...
+    python -m bench.run [--quick] [--reps N] [--only SECTION,...]  (sections: SECTIONS below) ...
 
 Prints a table and writes bench/results.json, bench/results.png and bench/PROFILE.md.
 See bench/README.md for what each number means.
@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.batch import section_batch
+from bench.batch import table_rows as batch_rows
 from bench.chart import draw
 from bench.common import (
     BENCH,
@@ -41,6 +42,7 @@ from bench.hardening import table_rows as hardening_rows
 from bench.profile import profile_extension, write_markdown
 from bench.savings import section_savings
 from bench.savings import table_rows as savings_rows
+from osquery_aws_logger._spool import inspect_spool
 from tests.harness import wait_for
 from tests.localaws import MotoServer
 
@@ -114,21 +116,8 @@ def counters_at_stop(ext: Extension) -> dict[str, dict[str, Any]]:
 
 
 def spooled_records(directory: Path) -> int | None:
-    """Records in the spool's segment files, read from the record headers documented in
-    osquery_aws_logger/_spool.py (<length u32><crc32 u32><kind u8><accepted_at f64>);
-    None if the files do not parse as that."""
-    header = struct.Struct("<IIBd")
-    total = 0
-    for path in sorted(directory.glob("*.seg")):
-        data = path.read_bytes()
-        offset = 0
-        while offset + header.size <= len(data):
-            length = header.unpack_from(data, offset)[0]
-            offset += header.size + length
-            total += 1
-        if offset != len(data):
-            return None
-    return total
+    """Records waiting in a spool directory, read as `osquery-aws-logger status` reads them."""
+    return inspect_spool(directory)[0]
 
 
 # -- 1. cost per line ---------------------------------------------------------------------------
@@ -551,6 +540,8 @@ def table(results: dict[str, Any]) -> str:
         rows += savings_rows(results["savings"])
     if results.get("hardening"):
         rows += hardening_rows(results["hardening"])
+    if results.get("batch"):
+        rows += batch_rows(results["batch"])
     header = ("figure", "extension", "floor", "ratio / target", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -577,7 +568,7 @@ def histogram(values_ms: list[float], width: int = 50) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
-SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening")
+SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening", "batch")
 
 
 def main() -> None:
@@ -604,6 +595,11 @@ def main() -> None:
     parser.add_argument("--giant-reps", type=int, default=3)
     parser.add_argument("--ping-count", type=int, default=2000)
     parser.add_argument("--idle-connections", type=int, default=50)
+    parser.add_argument("--batch-reps", type=int, default=3)
+    parser.add_argument("--batch-rows", type=int, default=20_000,
+                        help="rows per batch-format measurement")
+    parser.add_argument("--batch-event-rows", type=int, default=6000,
+                        help="rows per event-format (and bare) measurement")
     parser.add_argument("--output", help="results JSON (default bench/results.json for a full run, "
                                           "bench/out/results.json for a partial or --quick one)")
     parser.add_argument("--chart", help="chart PNG, '' for none (default beside --output's default)")
@@ -615,6 +611,7 @@ def main() -> None:
         args.spool_gib, args.cap_bytes, args.cap_records = 0.05, 4 * MIB, 500
         args.profile_seconds = 5.0
         args.giant_line_mb, args.giant_reps, args.ping_count = 8, 1, 200
+        args.batch_reps, args.batch_rows, args.batch_event_rows = 1, 2000, 600
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
@@ -636,7 +633,7 @@ def main() -> None:
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
         "cost": section_cost, "profile": section_profile, "drain": section_drain,
         "latency": section_latency, "memory": section_memory, "savings": section_savings,
-        "hardening": section_hardening}
+        "hardening": section_hardening, "batch": section_batch}
     with Drivers(args.drivers) as drivers:
         for name in SECTIONS:
             if name in wanted:

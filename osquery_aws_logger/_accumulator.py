@@ -47,7 +47,7 @@ from ._batching import (
     batch_length,
     oversize,
     record_id,
-    result_record,
+    result_records,
     with_fields,
 )
 from ._counters import PluginCounters
@@ -140,10 +140,27 @@ class _Ledger:
         self.spool = spool
         self.outstanding: deque[int] = deque()
         self.finished: set[int] = set()
+        #: Rows still unfinished of the records that became more than one row (a batch-format
+        #: line expanded into events); a record absent here is one row.
+        self.parts: dict[int, int] = {}
         self.floor = 0  # the spool's dropped_below last acted on
 
+    def expect(self, seq: int, rows: int) -> None:
+        """Record `seq` became `rows` rows: it is finished when all of them are."""
+        if rows == 0:
+            self.finished.add(seq)
+        elif rows > 1:
+            self.parts[seq] = rows
+
     def finish(self, seqs: Iterable[int]) -> None:
-        self.finished.update(seqs)
+        """One row finished per sequence number given (a record's rows share its number)."""
+        parts = self.parts
+        for seq in seqs:
+            left = parts.pop(seq, 1) - 1
+            if left > 0:
+                parts[seq] = left
+            else:
+                self.finished.add(seq)
 
     def acknowledge(self) -> None:
         last = 0
@@ -156,6 +173,7 @@ class _Ledger:
     def reset(self) -> None:
         self.outstanding.clear()
         self.finished.clear()
+        self.parts.clear()
         self.spool.rewind()
 
 
@@ -403,29 +421,39 @@ class Accumulator:
             log.warning("%s: dropped a record (%s): %s%s", self.plugin, reason, detail,
                         f" ({more} more since the last such line)" if more else "")
 
-    def _shape(self, seq: int, kind: int, data: bytes, now: float) -> tuple[bytes, str, str] | None:
-        """A spooled line as (record, partition key, destination stream); None if dropped."""
+    def _shape(self, seq: int, kind: int, data: bytes, now: float) -> list[tuple[bytes, str, str]]:
+        """A spooled line as its rows, each (record, partition key, destination stream): one,
+        or one per row of a batch-format line with aws_logger_results_as_events; none if the
+        line is dropped. A row too large is dropped on its own; its siblings still ship."""
         limits = self.service.limits
         try:
             if kind == KIND_STATUS:
-                record, parsed = data, _status_fields(data)
+                rows, expanded = [(data, _status_fields(data))], False
             else:
-                record, parsed = result_record(data)
+                rows, expanded = result_records(
+                    data, as_events=self.settings.aws_logger_results_as_events)
         except Unshippable as exc:
             self._drop(exc.reason, exc.detail, now)
-            return None
-        host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
-        if self.settings.aws_logger_record_ids:
-            record = with_fields(record, {"log_id": record_id(parsed, seq, host)})
-        row = record + limits.record_suffix
-        key = self.service.partition_key(host, self.view)
-        if len(row) + len(key.encode()) > limits.max_record_bytes:
-            self._drop("oversize", f"{len(row) + len(key.encode())} bytes over the "
-                       f"{limits.max_record_bytes}-byte {limits.service} record limit, "
-                       f"query {parsed.get('name', '?')}", now)
-            return None
-        stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
-        return row, key, stream
+            return []
+        if expanded:
+            self.counters.expanded += len(rows)
+        shaped = []
+        for index, (record, parsed) in enumerate(rows):
+            host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
+            stamped = record
+            if self.settings.aws_logger_record_ids:
+                stamped = with_fields(record, {"log_id": record_id(
+                    parsed, seq, host, index if expanded else None)})
+            row = stamped + limits.record_suffix
+            key = self.service.partition_key(host, self.view)
+            if len(row) + len(key.encode()) > limits.max_record_bytes:
+                self._drop("oversize", f"{len(row) + len(key.encode())} bytes over the "
+                           f"{limits.max_record_bytes}-byte {limits.service} record limit, "
+                           f"query {parsed.get('name', '?')}", now)
+                continue
+            stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
+            shaped.append((row, key, stream))
+        return shaped
 
     def _route(self, now: float) -> int:
         """Move rows from the intake to their destinations' spools (several destinations);
@@ -435,23 +463,24 @@ class Accumulator:
             return 0
         touched: dict[str, Spool] = {}
         for record in records:
-            shaped = self._shape(record.seq, record.kind, record.data, now)
-            if shaped is None:
-                continue
-            row, key, stream = shaped
-            destination = self._routed.get(stream)
-            if destination is None:
-                destination = self._routed[stream] = _Destination(
-                    stream, self._routed_spool(stream), routed=True,
-                    health=self._health_of(stream))
-                destination.next_flush_at = now + self.view.period
-            encoded = key.encode()
-            destination.spool.append(KIND_RESULT, _KEY_LENGTH.pack(len(encoded)) + encoded + row)
-            touched[stream] = destination.spool
+            for row, key, stream in self._shape(record.seq, record.kind, record.data, now):
+                self._route_row(row, key, stream, now, touched)
         for spool in touched.values():
             spool.sync(force=True)  # on disk there before the intake forgets them
         self.intake.ack(records[-1].seq)
         return len(records)
+
+    def _route_row(self, row: bytes, key: str, stream: str, now: float,
+                   touched: dict[str, Spool]) -> None:
+        """Append one shaped row to its destination's own spool."""
+        destination = self._routed.get(stream)
+        if destination is None:
+            destination = self._routed[stream] = _Destination(
+                stream, self._routed_spool(stream), routed=True, health=self._health_of(stream))
+            destination.next_flush_at = now + self.view.period
+        encoded = key.encode()
+        destination.spool.append(KIND_RESULT, _KEY_LENGTH.pack(len(encoded)) + encoded + row)
+        touched[stream] = destination.spool
 
     def _fill(self, lane: _Destination, now: float) -> None:
         """Read from the lane's spool until a call's worth is pending (or the spool is empty)."""
@@ -465,19 +494,17 @@ class Accumulator:
             for record in records:
                 lane.ledger.outstanding.append(record.seq)
                 if lane.routed:
-                    shaped = _unframe(record.data)
-                    if shaped is None:
+                    framed = _unframe(record.data)
+                    if framed is None:
                         self._drop("corrupt", "a routed record without its partition key", now)
                         lane.ledger.finish((record.seq,))
                         continue
-                    row, key = shaped
-                else:
-                    found = self._shape(record.seq, record.kind, record.data, now)
-                    if found is None:
-                        lane.ledger.finish((record.seq,))
-                        continue
-                    row, key, _ = found
-                self._add(lane, record.seq, row, key, now)
+                    self._add(lane, record.seq, *framed, now)
+                    continue
+                shaped = self._shape(record.seq, record.kind, record.data, now)
+                lane.ledger.expect(record.seq, len(shaped))
+                for row, key, _ in shaped:
+                    self._add(lane, record.seq, row, key, now)
 
     def _enough_read(self, lane: _Destination) -> bool:
         limits = self.service.limits

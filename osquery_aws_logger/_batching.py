@@ -6,9 +6,11 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
+
+from ._expand import expand
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +72,37 @@ def with_fields(record: bytes, fields: dict[str, str]) -> bytes:
     return head[:-1] + b"," + record[1:]
 
 
-def record_id(parsed: dict[str, object], seq: int, host: str) -> str:
-    """A stable id for one row: host, query name, epoch, counter and its spool position.
+def record_id(parsed: dict[str, object], seq: int, host: str, row: int | None = None) -> str:
+    """A stable id for one row: host, query name, epoch, counter and its spool position (and,
+    for a row expanded from a batch-format line, its index in that line).
 
     The position is fixed when the row is spooled, so every resend carries the same id and a
     consumer can drop the duplicates that at-least-once delivery creates.
     """
     name = parsed.get("name") or ("status" if parsed.get("log_type") == "status" else "")
-    return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{seq}"
+    at = f"{seq}" if row is None else f"{seq}.{row}"
+    return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{at}"
+
+
+def result_records(line: bytes, *, as_events: bool) -> tuple[list[tuple[bytes, dict[str, Any]]], bool]:
+    """The records for one result line, each with its parsed form, and whether the line was
+    expanded: with `as_events`, a batch-format line (``diffResults``, or a snapshot run) gives
+    one record per row, exactly the event line osqueryd would have written for it (see
+    ``_expand``) with ``"log_type": "result"``; any other line gives its one record."""
+    record, parsed = result_record(line)
+    if not as_events:
+        return [(record, parsed)], False
+    events = expand(parsed)
+    if events is None:
+        return [(record, parsed)], False
+    return [(_RESULT_PREFIX + _dump(event)[1:], event) for event in events], True
+
+
+def _dump(document: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except TypeError:  # an integer past 64 bits, read by json: json writes it back as it was
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:

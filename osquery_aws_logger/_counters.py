@@ -26,8 +26,9 @@ DROP_REASONS: Final = (
 class PluginCounters:
     """Counters of one logger plugin. Integers only grow; `state` says how shipping goes now."""
 
-    accepted: int = 0
-    delivered: int = 0
+    accepted: int = 0  # lines (calls) from osqueryd
+    delivered: int = 0  # rows AWS accepted: with aws_logger_results_as_events, a line's rows
+    expanded: int = 0  # rows made from batch-format lines (aws_logger_results_as_events)
     retried: int = 0
     throttled: int = 0
     put_calls: int = 0
@@ -54,6 +55,7 @@ class PluginCounters:
         return {
             "accepted": self.accepted,
             "delivered": self.delivered,
+            "expanded": self.expanded,
             "retried": self.retried,
             "throttled": self.throttled,
             "put_calls": self.put_calls,

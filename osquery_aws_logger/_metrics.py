@@ -24,8 +24,10 @@ STATES: Final = ("ok", "retrying", "throttled", "failing", "disabled")
 
 #: (metric, type, help, row column) for the figures that are one number per plugin.
 SERIES: Final[tuple[tuple[str, str, str, str], ...]] = (
-    ("accepted_total", "counter", "Records taken from osqueryd since start.", "accepted"),
-    ("delivered_total", "counter", "Records AWS accepted since start.", "delivered"),
+    ("accepted_total", "counter", "Lines (log calls) taken from osqueryd since start.", "accepted"),
+    ("delivered_total", "counter", "Rows AWS accepted since start.", "delivered"),
+    ("expanded_rows_total", "counter", "Rows made from batch-format lines since start.",
+     "expanded_rows"),
     ("retried_total", "counter", "Records sent again after a failure.", "retried"),
     ("throttled_total", "counter", "Records refused for throughput.", "throttled"),
     ("put_calls_total", "counter", "PutRecords/PutRecordBatch calls made.", "put_calls"),

@@ -207,6 +207,9 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                "Stream for status logs (default: aws_kinesis_stream)", osquery=False),
     OptionSpec("aws_firehose_status_stream", "", _parse_str,
                "Delivery stream for status logs (default: aws_firehose_stream)", osquery=False),
+    OptionSpec("aws_logger_results_as_events", "false", _parse_bool,
+               "Expand batch-format result lines (--logger_event_type=false, snapshots) into "
+               "one record per row, exactly as osqueryd's event format", osquery=False),
     OptionSpec("aws_logger_record_ids", "false", _parse_bool,
                "Stamp each record with a stable log_id for consumers to drop duplicates",
                osquery=False),
@@ -304,6 +307,7 @@ class Settings:
     aws_firehose_routes: Routes = ()
     aws_kinesis_status_stream: str = ""
     aws_firehose_status_stream: str = ""
+    aws_logger_results_as_events: bool = False
     aws_logger_record_ids: bool = False
     aws_logger_log_format: str = "text"
     aws_logger_metrics_file: str = ""
