@@ -428,31 +428,31 @@ class Accumulator:
         limits = self.service.limits
         try:
             if kind == KIND_STATUS:
-                rows, expanded = [(data, _status_fields(data))], False
+                records, parsed, expanded = [data], _status_fields(data), False
             else:
-                rows, expanded = result_records(
+                records, parsed, expanded = result_records(
                     data, as_events=self.settings.aws_logger_results_as_events)
         except Unshippable as exc:
             self._drop(exc.reason, exc.detail, now)
             return []
         if expanded:
-            self.counters.expanded += len(rows)
+            self.counters.expanded += len(records)
+        # The rows of one line share its host, query name and so its key and stream.
+        host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
+        key = self.service.partition_key(host, self.view)
+        room = limits.max_record_bytes - len(key.encode()) - len(limits.record_suffix)
+        stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
+        ids = self.settings.aws_logger_record_ids
         shaped = []
-        for index, (record, parsed) in enumerate(rows):
-            host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
-            stamped = record
-            if self.settings.aws_logger_record_ids:
-                stamped = with_fields(record, {"log_id": record_id(
-                    parsed, seq, host, index if expanded else None)})
-            row = stamped + limits.record_suffix
-            key = self.service.partition_key(host, self.view)
-            if len(row) + len(key.encode()) > limits.max_record_bytes:
-                self._drop("oversize", f"{len(row) + len(key.encode())} bytes over the "
-                           f"{limits.max_record_bytes}-byte {limits.service} record limit, "
-                           f"query {parsed.get('name', '?')}", now)
+        for index, plain in enumerate(records):
+            record = plain if not ids else with_fields(plain, {"log_id": record_id(
+                parsed, seq, host, index if expanded else None)})
+            if len(record) > room:
+                self._drop("oversize", f"{len(record) + limits.max_record_bytes - room} bytes "
+                           f"over the {limits.max_record_bytes}-byte {limits.service} record "
+                           f"limit, query {parsed.get('name', '?')}", now)
                 continue
-            stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
-            shaped.append((row, key, stream))
+            shaped.append((record + limits.record_suffix, key, stream))
         return shaped
 
     def _route(self, now: float) -> int:
@@ -512,6 +512,9 @@ class Accumulator:
         return entries >= limits.max_records or lane.pending_bytes >= limits.max_call_bytes
 
     def _add(self, lane: _Destination, seq: int, row: bytes, key: str, now: float) -> None:
+        if not self.view.many_rows_per_record:
+            self._queue(lane, Entry((seq,), row, key, lane.stream))  # one row per record
+            return
         slot = self.service.slot(self.view, key)
         current = lane.open.get(slot)
         if current is not None and current.builder.add(row):

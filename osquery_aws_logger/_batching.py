@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._expand import expand
+from ._expand import expand_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,18 +84,20 @@ def record_id(parsed: dict[str, object], seq: int, host: str, row: int | None = 
     return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{at}"
 
 
-def result_records(line: bytes, *, as_events: bool) -> tuple[list[tuple[bytes, dict[str, Any]]], bool]:
-    """The records for one result line, each with its parsed form, and whether the line was
+def result_records(line: bytes, *, as_events: bool) -> tuple[list[bytes], dict[str, Any], bool]:
+    """The records for one result line, the fields they share (the parsed line, or a batch
+    line's legacy fields: name, hostIdentifier, epoch, ...), and whether the line was
     expanded: with `as_events`, a batch-format line (``diffResults``, or a snapshot run) gives
     one record per row, exactly the event line osqueryd would have written for it (see
     ``_expand``) with ``"log_type": "result"``; any other line gives its one record."""
     record, parsed = result_record(line)
     if not as_events:
-        return [(record, parsed)], False
-    events = expand(parsed)
-    if events is None:
-        return [(record, parsed)], False
-    return [(_RESULT_PREFIX + _dump(event)[1:], event) for event in events], True
+        return [record], parsed, False
+    expanded = expand_json(parsed, _dump)
+    if expanded is None:
+        return [record], parsed, False
+    events, legacy = expanded
+    return [_RESULT_PREFIX + event[1:] for event in events], legacy, True
 
 
 def _dump(document: dict[str, Any]) -> bytes:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._expand import expand
+from osquery_aws_logger._expand import expand, expand_json
 from tests.query_log import QueryRun, batch_line, event_lines
 
 names = st.text(min_size=1, max_size=12)
@@ -66,3 +67,16 @@ def test_a_line_that_only_looks_like_a_batch_is_left_alone() -> None:
     assert expand({"name": "q", "snapshot": [{"a": "1"}]}) is None  # no action "snapshot"
     assert expand({"name": "q", "diffResults": {"added": "not rows"}}) is None
     assert expand({"name": "q", "diffResults": {"removed": [], "added": []}}) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(run=runs())
+def test_the_flusher_s_byte_form_is_the_same_json(run: QueryRun) -> None:
+    line = orjson.loads(batch_line(run))
+    found = expand_json(line, orjson.dumps)
+    assert found is not None
+    events, legacy = found
+    # Parsed, with key order (orjson may spell a float differently: 1e16 for 1e+16).
+    assert [dump(json.loads(event)) for event in events] == [dump(json.loads(e))
+                                                              for e in event_lines(run)]
+    assert list(legacy) == [k for k in line if k not in ("diffResults", "snapshot", "action")]
