@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from ._batching import (
+    RESULT_PREFIX,
     Entry,
     Unshippable,
     batch_length,
@@ -426,6 +427,15 @@ class Accumulator:
         or one per row of a batch-format line with aws_logger_results_as_events; none if the
         line is dropped. A row too large is dropped on its own; its siblings still ship."""
         limits = self.service.limits
+        if kind == KIND_RESULT and len(data) > limits.max_record_bytes and \
+                not self.settings.aws_logger_results_as_events and \
+                len(data.strip()) + len(RESULT_PREFIX) - 1 > limits.max_record_bytes:
+            # Too big whatever it holds: dropped unparsed, since parsing a multi-MB line (a big
+            # snapshot) costs ten times its size in memory for a moment, near the watchdog's
+            # limit. Expanded into rows, though, each row may fit: that case is parsed.
+            self._drop("oversize", f"a {len(data)}-byte line, over the "
+                       f"{limits.max_record_bytes}-byte {limits.service} record limit", now)
+            return []
         try:
             if kind == KIND_STATUS:
                 records, parsed, expanded = [data], _status_fields(data), False

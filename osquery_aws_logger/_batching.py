@@ -61,7 +61,7 @@ class Unshippable(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-_RESULT_PREFIX: Final = b'{"log_type":"result",'
+RESULT_PREFIX: Final = b'{"log_type":"result",'
 
 
 def with_fields(record: bytes, fields: dict[str, str]) -> bytes:
@@ -97,7 +97,7 @@ def result_records(line: bytes, *, as_events: bool) -> tuple[list[bytes], dict[s
     if expanded is None:
         return [record], parsed, False
     events, legacy = expanded
-    return [_RESULT_PREFIX + event[1:] for event in events], legacy, True
+    return [RESULT_PREFIX + event[1:] for event in events], legacy, True
 
 
 def _dump(document: dict[str, Any]) -> bytes:
@@ -128,7 +128,7 @@ def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     body = line.strip()
     if not parsed:
         return b'{"log_type":"result"}', parsed
-    return _RESULT_PREFIX + body[1:], parsed
+    return RESULT_PREFIX + body[1:], parsed
 
 
 def _parse_strictly(line: bytes) -> object:
