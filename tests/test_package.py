@@ -54,14 +54,17 @@ HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
 DEB_ARCH = os.environ.get("PACKAGE_ARCH", HOST_ARCH)
 RPM_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}[DEB_ARCH]
 DEB = REPO / "dist" / f"osquery-aws-logger_{VERSION}_{DEB_ARCH}.deb"
-RPM = REPO / "dist" / f"osquery-aws-logger-{VERSION}.{RPM_ARCH}.rpm"
+RPM = REPO / "dist" / f"osquery-aws-logger-{VERSION}-1.{RPM_ARCH}.rpm"
 
 DOC = "/usr/share/doc/osquery-aws-logger"
-DOC_FILES = {"README", "osquery.conf.example", "osquery.custom.conf.example",
+DOC_FILES = {"README", "copyright", "osquery.conf.example", "osquery.custom.conf.example",
              "osquery.flags.example", "osquery.no-aws.flags.example"}
 # Directories the deb lists on the way to its own (dpkg shares them; the rpm leaves them out,
 # since `filesystem` owns them there with other modes).
-SHARED_DIRS = {"/opt", "/usr", "/usr/bin", "/usr/share", "/usr/share/doc"}
+SHARED_DIRS = {"/opt", "/usr", "/usr/bin", "/usr/share", "/usr/share/doc", "/usr/share/lintian",
+               "/usr/share/lintian/overrides"}
+# The .deb's lintian exceptions (packaging/lintian-overrides); the .rpm has none of it.
+LINTIAN_OVERRIDES = "/usr/share/lintian/overrides/osquery-aws-logger"
 
 
 def run(*argv: str | Path, **kwargs: Any) -> str:
@@ -150,7 +153,8 @@ def check_entries(entries: list[Entry]) -> dict[str, Entry]:
         assert not e.mode & stat.S_IWOTH and not e.mode & stat.S_IWGRP, where
         assert e.mode in ((0o755,) if e.kind == "d" else (0o755, 0o644)), where
         inside = e.path.startswith(("/opt/osquery-aws-logger", f"{DOC}"))
-        assert inside or e.path in SHARED_DIRS, f"{where}: outside the package's own places"
+        assert inside or e.path in SHARED_DIRS | {LINTIAN_OVERRIDES}, \
+            f"{where}: outside the package's own places"
     ext = by_path[EXT]
     assert (ext.kind, ext.mode) == ("-", 0o755)
     assert by_path["/opt/osquery-aws-logger"].kind == "d"
@@ -166,7 +170,7 @@ def test_deb_lists_every_path_owned_by_root_with_safe_modes(packages: tuple[Path
     deb, _ = packages
     by_path = check_entries(deb_entries(deb))
     assert set(by_path) - {p for p in by_path if p.startswith(("/opt/osquery-aws-logger", DOC))} \
-        == SHARED_DIRS | {LINK}
+        == SHARED_DIRS | {LINK, LINTIAN_OVERRIDES}
     assert by_path[LINK].mode == 0o777  # what ln -s makes; a link's own mode is never used
     fields = {name: run("dpkg-deb", "-f", deb, name).strip()
               for name in ("Package", "Version", "Architecture", "Depends")}
@@ -183,7 +187,8 @@ def test_rpm_lists_the_same_paths_owned_by_root_with_safe_modes(
     deb, rpm = packages
     by_path = check_entries(rpm_entries(rpm))
     deb_paths = {e.path: e for e in deb_entries(deb)}
-    assert set(by_path) == set(deb_paths) - SHARED_DIRS, "the rpm claims no shared directory"
+    assert set(by_path) == set(deb_paths) - SHARED_DIRS - {LINTIAN_OVERRIDES}, \
+        "the rpm claims no shared directory"
     for path, entry in by_path.items():
         if entry.kind != "l":
             assert (entry.kind, entry.mode) == (deb_paths[path].kind, deb_paths[path].mode), path
@@ -513,6 +518,34 @@ def test_rpm_installs_ships_and_removes_in_an_rpm_database_over_debian_11(
 
     install_ship_remove(capsys, root, launcher, moto_server, kind="rpm -i", lines=1000,
                         install=install, remove=remove)
+
+
+# -- the package linters -----------------------------------------------------------------------------
+
+
+def test_deb_passes_lintian_with_only_the_named_exceptions(packages: tuple[Path, Path]) -> None:
+    """lintian with no error or warning left but those packaging/lintian-overrides names (with
+    its reasons), and every one of those still used."""
+    deb, _ = packages
+    # (--show-overrides would make lintian count the overridden hints as failures.)
+    result = subprocess.run(["lintian", "--no-cfg", "--display-info", "--fail-on", "error,warning",
+                             str(deb)], capture_output=True, text=True, check=False)
+    lines = result.stdout.splitlines()
+    problems = [ln for ln in lines if ln.startswith(("E: ", "W: "))]
+    assert result.returncode == 0 and not problems, "\n".join(problems) + result.stderr
+    stale = [ln for ln in lines if "unused-override" in ln or "mismatched-override" in ln]
+    assert not stale, "an exception in packaging/lintian-overrides matches nothing:\n" + \
+        "\n".join(stale)
+
+
+def test_rpm_passes_rpmlint_with_only_the_named_exceptions(packages: tuple[Path, Path]) -> None:
+    """rpmlint with packaging/rpmlintrc's filters (and their reasons): no error or warning left,
+    and no filter that matches nothing (rpmlint reports that as an error itself)."""
+    _, rpm = packages
+    result = subprocess.run(["rpmlint", "-r", str(REPO / "packaging" / "rpmlintrc"), str(rpm)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b0 errors, 0 warnings\b", result.stdout), result.stdout
 
 
 # -- install and remove scripts --------------------------------------------------------------------
