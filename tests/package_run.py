@@ -85,7 +85,7 @@ class Launcher:
     def start(self, root: Root, *, builtin_aws: bool = False,
               flags: dict[str, str] | None = None,
               custom_options: dict[str, str] | None = None,
-              register_timeout: float = 20) -> Launched:
+              register_timeout: float = 60) -> Launched:
         """A stand-in on a short socket path, its directory bound into `root`, and the .ext
         started in `root` and registered with it."""
         standin = OsquerydStandIn(self.standin_dir, builtin_aws=builtin_aws, flags=flags,

@@ -53,6 +53,10 @@ HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
 # package-test-arm64, which runs the ones that need no host of that architecture).
 DEB_ARCH = os.environ.get("PACKAGE_ARCH", HOST_ARCH)
 RPM_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}[DEB_ARCH]
+# Another architecture's packages run under qemu-user (binfmt_misc): the process is the
+# emulator running the .ext (still one pid, no child), and it is slower, so fewer lines.
+EMULATED = DEB_ARCH != HOST_ARCH
+INSTALL_LINES = 200 if EMULATED else 1000
 DEB = REPO / "dist" / f"osquery-aws-logger_{VERSION}_{DEB_ARCH}.deb"
 RPM = REPO / "dist" / f"osquery-aws-logger-{VERSION}-1.{RPM_ARCH}.rpm"
 
@@ -334,9 +338,13 @@ def one_process_on_its_own_runtime(ext: Launched) -> str:
     object it maps is the package's own: bundled loader, libc and CPython, none of the root's.
     Answers the libc it mapped."""
     pid, root = ext.proc.pid, ext.root
-    assert Path(f"/proc/{pid}/exe").resolve() == root.inside(EXT).resolve()
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    assert argv == [a.encode() for a in ext.argv]
+    if EMULATED:  # binfmt_misc runs `qemu <path> <argv...>` in the same process
+        assert "qemu" in Path(f"/proc/{pid}/exe").resolve().name
+        assert argv[-len(ext.argv):] == [a.encode() for a in ext.argv]
+    else:
+        assert Path(f"/proc/{pid}/exe").resolve() == root.inside(EXT).resolve()
+        assert argv == [a.encode() for a in ext.argv]
     assert children(pid) == []
     objects = {f for f in mapped_files(pid) if re.search(r"\.so(\.|$)", f)}
     mine = str(root.inside(INTERNAL))
@@ -363,7 +371,7 @@ def test_packaged_ext_in_an_empty_root_autoloads_runs_as_one_process_and_ships_t
     moto_server.reset()
     moto_server.create_stream("pkg-stream")
     ext = launcher.start(empty_root, custom_options=kinesis_options(
-        moto_server, "pkg-stream", "/var/spool/osquery-aws-logger"))
+        moto_server, "pkg-stream", "/var/spool/osquery-aws-logger"), register_timeout=60)
     standin, pid = ext.standin, ext.proc.pid
     info, routes = standin.registered[ext.uuid]
     assert info.name == "aws_logger" and info.version == VERSION
@@ -380,8 +388,8 @@ def test_packaged_ext_in_an_empty_root_autoloads_runs_as_one_process_and_ships_t
     report(capsys, f"empty root: startup (spawn -> registered, socket up) {ext.startup_s:.2f} s; "
                     f"100 lines shipped in {took:.1f} s; RSS at rest {rss_mb:.1f} MB; "
                     f"{threads} threads; one process (pid {pid})")
-    assert ext.startup_s < 10
-    assert rss_mb < 150, "osquery's extension watchdog allows 200 MB of growth"
+    assert ext.startup_s < (60 if EMULATED else 10)
+    assert rss_mb < (400 if EMULATED else 150), "osquery's extension watchdog allows 200 MB of growth"
 
     ext.proc.send_signal(signal.SIGTERM)
     assert ext.proc.wait(15) == 0, ext.stderr()
@@ -440,7 +448,7 @@ def bullseye_root(bullseye: Path, tmp_path: Path) -> Iterator[Root]:
 
 def install_ship_remove(capsys: pytest.CaptureFixture[str], root: Root, launcher: Launcher,
                         moto: MotoServer, *, kind: str, lines: int, install: Callable[[], None],
-                        remove: Callable[[], None], register_timeout: float = 20) -> None:
+                        remove: Callable[[], None]) -> None:
     """Install with the real package manager; the autoload file then lists the .ext, which
     osqueryd would accept; started from there it registers, ships `lines` lines to moto as one
     process on its own libc, and exits 0 on SIGTERM; removing the package takes the line out
@@ -456,13 +464,10 @@ def install_ship_remove(capsys: pytest.CaptureFixture[str], root: Root, launcher
     moto.reset()
     moto.create_stream("install-stream")
     ext = launcher.start(root, custom_options=kinesis_options(
-        moto, "install-stream", "/var/spool/osquery-aws-logger"), register_timeout=register_timeout)
+        moto, "install-stream", "/var/spool/osquery-aws-logger"),
+        register_timeout=60 if EMULATED else 20)
     took = ship(ext, moto, "install-stream", count=lines, timeout=120)
-    if DEB_ARCH == HOST_ARCH:
-        libc = one_process_on_its_own_runtime(ext)
-    else:  # under qemu-user the process is the emulator running the .ext: same pid, no child
-        assert children(ext.proc.pid) == []
-        libc = "(under qemu-user)"
+    libc = one_process_on_its_own_runtime(ext)
     ext.proc.send_signal(signal.SIGTERM)
     assert ext.proc.wait(30) == 0, ext.stderr()
     report(capsys, f"{kind} in {' '.join(root_libc[-2:])} userland ({root.path.name}): registered "
@@ -492,7 +497,7 @@ def test_dpkg_installs_ships_and_removes_in_debian_11(
                         check=False).stdout in ("", "deinstall ok config-files",
                                                 "unknown ok not-installed")
 
-    install_ship_remove(capsys, root, launcher, moto_server, kind="dpkg -i", lines=1000,
+    install_ship_remove(capsys, root, launcher, moto_server, kind="dpkg -i", lines=INSTALL_LINES,
                         install=install, remove=remove)
 
 
@@ -516,7 +521,7 @@ def test_rpm_installs_ships_and_removes_in_an_rpm_database_over_debian_11(
         run(*rpm, "-e", "osquery-aws-logger")
         assert run(*rpm, "-qa").strip() == ""
 
-    install_ship_remove(capsys, root, launcher, moto_server, kind="rpm -i", lines=1000,
+    install_ship_remove(capsys, root, launcher, moto_server, kind="rpm -i", lines=INSTALL_LINES,
                         install=install, remove=remove)
 
 
