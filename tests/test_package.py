@@ -278,7 +278,7 @@ def test_every_elf_file_runs_on_the_bundled_loader_and_libc(
         note = re.search(r"OS: Linux, ABI: ([\d.]+)", run("readelf", "-nW", path))
         if note:
             kernel = max(kernel, tuple(int(x) for x in note.group(1).split(".")))
-    assert elves > 50
+    assert elves > 30  # CPython's modules, its libraries, glibc's
     assert kernel <= (3, 10), f"an ELF file asks for Linux {kernel}"
     report(capsys, f"{elves} ELF files; bundled glibc {release.group(2).decode()} "
                    f"({release.group(1).decode()}); the rest asks for GLIBC_{newest[0]}.{newest[1]} "
@@ -512,7 +512,8 @@ def test_rpm_installs_ships_and_removes_in_an_rpm_database_over_debian_11(
 
     def install() -> None:
         run(*rpm, "--initdb")
-        run(*rpm, "-i", RPM)
+        # This machine's rpm knows only its own architecture; under qemu-user the root is arm64.
+        run(*rpm, "-i", *(["--ignorearch"] if EMULATED else []), RPM)
         assert run(*rpm, "-q", "osquery-aws-logger").strip() == \
             f"osquery-aws-logger-{VERSION}-1.{RPM_ARCH}"
         run(*rpm, "-V", "osquery-aws-logger")  # every file as the package has it
