@@ -356,6 +356,7 @@ class Accumulator:
         for health in self._health.values():
             health.backoff.succeeded()
         for destination in self._lanes():
+            self._forget_dropped(destination)  # counted before they are forgotten with the rest
             destination.reset()
         self._router.reset()
         self._configure(now)
@@ -410,6 +411,8 @@ class Accumulator:
             spool.sync()
 
     def close(self) -> None:
+        for lane in self._lanes():
+            self._forget_dropped(lane)  # rows held that the spool gave up: counted, never sent
         for spool in self.spools():
             spool.close()
 
@@ -584,23 +587,30 @@ class Accumulator:
             self._close(lane, builder, now)
 
     def _forget_dropped(self, lane: _Destination) -> None:
-        """Let go of rows a spool cap dropped after they were read (counted by the spool)."""
+        """Let go of rows the spool gave up (a cap, a full disk) after they were read, and
+        count them: the spool counts only those it never handed out. Rows delivered first
+        were counted delivered, and are not counted again."""
         floor = lane.spool.dropped_below
         if floor <= lane.ledger.floor:
             return
         lane.ledger.floor = floor
+        forgotten = 0
         for slot, builder in list(lane.open.items()):
             if builder.rows and builder.rows[-1][0] < floor:
                 del lane.open[slot]
                 lane.ledger.finish(seq for seq, _ in builder.rows)
                 lane.pending_rows -= len(builder.rows)
                 lane.pending_bytes -= builder.row_bytes
+                forgotten += len(builder.rows)
         # Entries are in spool order: the dropped ones lead.
         while lane.pending and lane.pending[0].seqs[-1] < floor:
             entry = lane.pending.popleft()
             lane.ledger.finish(entry.seqs)
             lane.pending_rows -= entry.rows
             lane.pending_bytes -= len(entry.data)
+            forgotten += entry.rows
+        if forgotten:
+            self.counters.drop(lane.spool.dropped_reason, forgotten)
 
     def _prune(self) -> None:
         """Close destination spools that are empty and no longer routed to."""

@@ -232,7 +232,7 @@ class Flusher:
     def write_states(self) -> None:
         rows = self.rows()
         for accumulator, row in zip(self.accumulators, rows, strict=True):
-            write_state(accumulator.intake.directory, row)
+            write_state(accumulator.intake, row)
         self._metrics.write(self._settings.aws_logger_metrics_file, rows)
 
     def _report(self, now: float) -> None:

@@ -30,6 +30,7 @@ why in ``problem``, and is set up again by the flusher's next ``sync`` after a p
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -72,6 +73,8 @@ HEADROOM_BYTES: Final = 32 << 20
 HEADROOM_SHARE: Final = 0.05
 #: At most one line per this many seconds about failing writes.
 ERROR_LOG_SECONDS: Final = 10.0
+#: The errors of a full filesystem (or of a full quota).
+_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # The first format, read only to migrate it: <length u32><crc32 u32><kind u8><accepted_at f64>.
 _V1_HEADER: Final = struct.Struct("<IIBd")
@@ -229,9 +232,10 @@ class Spool:
         self._acked_on_disk = 0
         self._read_seq = 1
         self._read_pos: tuple[int, int] = (0, 0)  # (segment first_seq, offset) of _read_seq
-        #: Records numbered below this were given up by a cap, including any the flusher had
-        #: already read: it must not send them (they are counted as dropped, and off disk).
+        #: Records numbered below this were given up (a cap, a full disk), including any the
+        #: flusher had already read: it must not send them; it counts those, under this reason.
         self.dropped_below = 0
+        self.dropped_reason = "cap_records"
         #: Damage already counted: gaps below this sequence number are not counted again.
         self._corrupt_counted_below = 0
         #: Why the spool cannot take lines now ("" when it can).
@@ -239,7 +243,9 @@ class Spool:
         self._reopen_at = 0.0
         self._next_headroom_check = 0.0
         self._error_logged_at = -ERROR_LOG_SECONDS
+        self._acked_logged_at = -ERROR_LOG_SECONDS
         self._errors_unlogged = 0
+        self._errors_since_check = 0
         self._open()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -320,8 +326,14 @@ class Spool:
         return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
 
     def _unlink(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
+        raised: it must not undo the record just written, nor stop an acknowledgement."""
+        try:
             os.unlink(name, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("spool %s: cannot delete %s: %s", self.directory, name, exc.strerror or exc)
 
     def _scan_tail(self, segment: _Segment) -> tuple[int, int]:
         """The record count of the newest segment (by its last intact record) and its size,
@@ -334,32 +346,43 @@ class Spool:
                 os.write(fd, FILE_MAGIC)
                 return 0, len(FILE_MAGIC)
             reader = _Reader(fd, len(FILE_MAGIC), size)
-            last_seq, good_end = segment.first_seq - 1, len(FILE_MAGIC)
+            last_seq, good_end, good = segment.first_seq - 1, len(FILE_MAGIC), 0
             while (found := reader.next()) is not None:
                 if found is not False:
                     seq = found[0]  # type: ignore[index]
                     if seq > last_seq:
-                        last_seq, good_end = seq, reader.offset
+                        last_seq, good_end, good = seq, reader.offset, good + 1
             if good_end < size:
-                # Every record starts with the sync marker: those left in the cut-off bytes
-                # say how many records it held (a torn write holds a part of one).
-                lost = max(1, os.pread(fd, size - good_end, good_end).count(SYNC))
-                os.ftruncate(fd, good_end)
-                os.fsync(fd)
-                self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of "
-                                    f"{size - good_end} bytes cut off ({lost} records)")
+                self._cut_tail(fd, segment, good_end, size, good)
             return last_seq - segment.first_seq + 1, good_end
         finally:
             os.close(fd)
+
+    def _cut_tail(self, fd: int, segment: _Segment, good_end: int, size: int, good: int) -> None:
+        """Cut off what follows the newest segment's last intact record, and count it.
+
+        Every record starts with the sync marker, so those left in the cut bytes say how many
+        records they held; a tail zeroed by a power loss keeps none, and then its size over the
+        segment's mean record size is the estimate. Either way at least one record.
+        """
+        tail = os.pread(fd, size - good_end, good_end)
+        mean = (good_end - len(FILE_MAGIC)) / good if good else HEADER.size + 256
+        zeros = len(tail) - len(tail.rstrip(b"\0"))  # pages a power loss left unwritten
+        lost = max(1, tail.count(SYNC) + round(zeros / mean))
+        os.ftruncate(fd, good_end)
+        os.fsync(fd)
+        self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of {len(tail)} "
+                            f"bytes cut off ({lost} record{'s' if lost != 1 else ''}"
+                            f"{', estimated from its zeroed bytes' if zeros >= mean else ''})")
 
     def _migrate_if_old(self, name: str, first: int, following: int | None) -> int:
         """Rewrite a segment of the first format in this one; answer the segment's size."""
         fd = self._open_segment(name, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            head = os.pread(fd, len(FILE_MAGIC) + len(SYNC), 0)
-            # This format: the magic, or (a damaged magic) a record's sync marker right after.
-            if size == 0 or head.startswith(FILE_MAGIC) or head[len(FILE_MAGIC):] == SYNC:
+            if size == 0 or os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC or \
+                    not _first_format(os.pread(fd, _V1_HEADER.size + MAX_RECORD_BYTES, 0)):
+                # This format (its magic, or damage where the magic was): never rewritten.
                 return size
             data = os.pread(fd, size, 0)
         finally:
@@ -428,17 +451,22 @@ class Spool:
 
     def _write(self, record: bytes) -> None:
         if self._fd < 0 or self._needs_roll():
-            self._roll()
+            try:
+                self._roll()
+            except OSError as exc:
+                if exc.errno not in _FULL or not self._free_space():
+                    raise
+                self._roll()
         try:
             written = os.write(self._fd, record)
         except OSError as exc:
-            if exc.errno != 28 or not self._free_space():  # ENOSPC: make room, try once more
+            if exc.errno not in _FULL or not self._free_space():  # make room, try once more
                 raise
             written = os.write(self._fd, record)
         if written != len(record):
             # A short write (the disk filled mid-record): cut it off, so the file stays whole.
             os.ftruncate(self._fd, self._segments[-1].size)
-            raise OSError(28, "No space left on device (short write)")
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
 
     def _free_space(self) -> bool:
         """Give up the oldest waiting segment to make room (counted); False if none can go."""
@@ -451,6 +479,9 @@ class Spool:
 
     def _write_failed(self, exc: OSError) -> None:
         self._on_drop("spool_error", 1)
+        self._errors_since_check += 1
+        if exc.errno == errno.ENOENT and self._dir_fd >= 0 and not self._directory_present():
+            self._lose_directory()
         now = time.monotonic()
         if now - self._error_logged_at >= ERROR_LOG_SECONDS:
             more = self._errors_unlogged
@@ -460,6 +491,41 @@ class Spool:
                       f" ({more} more since the last such line)" if more else "")
         else:
             self._errors_unlogged += 1
+
+    def _directory_present(self) -> bool:
+        """Whether the spool's directory is still where it was (not removed by hand)."""
+        try:
+            return os.fstat(self._dir_fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def _lose_directory(self) -> None:
+        """The directory was removed while in use: forget it and set it up again later
+        (records that were in it are gone with it)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        os.close(self._dir_fd)
+        self._dir_fd = -1
+        self._segments.clear()
+        self._bytes = 0
+        self.problem = f"spool {self.directory} unusable: its directory was removed"
+        self._reopen_at = time.monotonic() + REOPEN_SECONDS
+        log.error("%s; setting it up again in %.0fs", self.problem, REOPEN_SECONDS)
+
+    def write_file(self, name: str, data: bytes, *, mode: int = 0o600) -> bool:
+        """Replace a small file of the spool's own (state.json) through the spool's directory
+        descriptor: never through a link, never for a spool refused or not set up. Answers
+        whether it was written; a full disk only costs this update."""
+        with self._lock:
+            if self._dir_fd < 0:
+                return False
+            try:
+                atomic_write(self._dir_fd, name, data, mode=mode)
+            except OSError:
+                return False
+            return True
 
     def _needs_roll(self) -> bool:
         segment = self._segments[-1]
@@ -480,7 +546,7 @@ class Spool:
             fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
             try:
                 if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
-                    raise OSError(28, "No space left on device (short write)")
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
             except OSError:
                 os.close(fd)
                 self._unlink(segment.name)
@@ -499,12 +565,18 @@ class Spool:
         return max(0, self._next_seq - self._first_waiting())
 
     def _drop_below(self, floor: int, reason: str) -> None:
-        """Give up every waiting record numbered below `floor`, counting them under `reason`;
-        those the flusher already holds too (they are off disk, or soon will be)."""
-        lost = floor - self._first_waiting()
+        """Give up every waiting record numbered below `floor`, those the flusher already holds
+        too (they are off disk, or soon will be: it must not send them).
+
+        Only the records never handed out are counted here, under `reason`; the flusher counts
+        those it held and lets go of (`dropped_reason` says why), and none it delivered first,
+        so no record is counted both delivered and dropped.
+        """
+        lost = floor - max(self._first_waiting(), self._read_seq)
         if lost > 0:
             self._on_drop(reason, lost)
-        self.dropped_below = max(self.dropped_below, floor)
+        if floor > self.dropped_below:
+            self.dropped_below, self.dropped_reason = floor, reason
         if self._read_seq < floor:
             self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
 
@@ -560,8 +632,9 @@ class Spool:
                 end, end_seq = segment.size, segment.end_seq
                 try:
                     fd = self._open_segment(segment.name, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue  # cannot happen under the lock, but never loop on it
+                except OSError as exc:
+                    self._segment_gone(segment, seq, exc)
+                    continue
             try:
                 records, offset, next_seq = self._read_from(
                     fd, segment, offset, (end, end_seq), seq, limit=max_records - len(out),
@@ -614,12 +687,26 @@ class Spool:
             expected = end_seq
         return records, reader.offset, expected
 
-    def _lost(self, segment: _Segment, start: int, end: int) -> None:
+    def _segment_gone(self, segment: _Segment, seq: int, exc: OSError) -> None:
+        """A segment that cannot be opened (deleted by hand, a failing disk): its waiting
+        records are counted as lost and the reader moves past it, so it never spins on it."""
+        self._lost(segment, seq, segment.end_seq, f"{segment.name} could not be read "
+                   f"({exc.strerror or exc})")
+        if segment is self._segments[-1] and self._fd >= 0:
+            os.close(self._fd)  # the next line starts a new segment
+            self._fd = -1
+        self._segments.remove(segment)
+        self._bytes -= segment.size
+        self._read_seq, self._read_pos = segment.end_seq, (0, 0)
+        self.dropped_below = max(self.dropped_below, segment.end_seq)
+        self._next_seq = max(self._next_seq, segment.end_seq)
+
+    def _lost(self, segment: _Segment, start: int, end: int, why: str = "") -> None:
         start = max(start, self._corrupt_counted_below)
         if end <= start:
             return
         self._corrupt_counted_below = end
-        self._count_corrupt(end - start, f"{segment.name}: {end - start} damaged records "
+        self._count_corrupt(end - start, why or f"{segment.name}: {end - start} damaged records "
                             f"skipped (sequence numbers {start} to {end - 1})")
 
     def _count_corrupt(self, count: int, message: str) -> None:
@@ -664,8 +751,8 @@ class Spool:
             self._acked_on_disk = self._acked
         except OSError as exc:
             now = time.monotonic()
-            if now - self._error_logged_at >= ERROR_LOG_SECONDS:
-                self._error_logged_at = now
+            if now - self._acked_logged_at >= ERROR_LOG_SECONDS:
+                self._acked_logged_at = now
                 log.error("spool %s: cannot write the acked file (%s); trying again; a restart "
                           "before it is written sends some delivered records again",
                           self.directory, exc.strerror or exc)
@@ -703,15 +790,21 @@ class Spool:
             os.close(fd)
 
     def _keep_headroom(self) -> None:
+        failed, self._errors_since_check = self._errors_since_check, 0
         try:
             info = os.statvfs(self._dir_fd)
         except OSError:
             return
+        self._errors_since_check = failed
         free = info.f_bavail * info.f_frsize
         reserve = min(HEADROOM_BYTES, HEADROOM_SHARE * info.f_blocks * info.f_frsize)
-        if free < reserve and self._waiting_records() and len(self._segments) > 1:
+        # Only when the spool is what fills the disk (it holds more than the reserve), or a
+        # line could not be written: a disk filled by others is no reason to give up backlog.
+        if free < reserve and (self._bytes > reserve or self._errors_since_check) and \
+                self._waiting_records() and len(self._segments) > 1:
             before = self._first_waiting()
             self._free_space()
+            self._errors_since_check = 0
             log.error("spool %s: the filesystem is nearly full (%d bytes free); gave up the "
                       "oldest %d waiting records (disk_full)", self.directory, free,
                       self._first_waiting() - before)
@@ -757,6 +850,16 @@ class Spool:
             if self._dir_fd >= 0:
                 os.close(self._dir_fd)
                 self._dir_fd = -1
+
+
+def _first_format(head: bytes) -> bool:
+    """Whether a segment that lacks the magic starts with an intact record of the first
+    format (only such a file is rewritten; damage alone never is)."""
+    if len(head) < _V1_HEADER.size:
+        return False
+    length, crc, kind, _ = _V1_HEADER.unpack_from(head)
+    payload = head[_V1_HEADER.size:_V1_HEADER.size + length]
+    return bool(kind <= KIND_MAX and len(payload) == length and zlib.crc32(payload) == crc)
 
 
 def _first_accepted_at(fd: int, size: int, seq: int) -> float | None:

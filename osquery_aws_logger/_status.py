@@ -13,8 +13,7 @@ from typing import Any, Final
 from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
 from ._redact import redact
-from ._safefs import atomic_write
-from ._spool import ACKED_FILE, SEGMENT_SUFFIX, inspect_spool
+from ._spool import ACKED_FILE, SEGMENT_SUFFIX, Spool, inspect_spool
 from ._wire import response
 
 TABLE_NAME: Final = "aws_logger_status"
@@ -128,15 +127,14 @@ class StatusTable:
         return response(1, "unknown table action")
 
 
-def write_state(directory: Path, row: dict[str, Any]) -> None:
+def write_state(spool: Spool, row: dict[str, Any]) -> None:
     """Keep the latest figures beside the spool, for `status` when osqueryd is down.
 
-    A full disk or a vanished directory only costs this update: never raises.
+    Written through the spool's own directory descriptor (never through a link, and not at all
+    for a spool refused or not set up). A full disk only costs this update: never raises.
     """
     safe = {k: redact(v) if isinstance(v, str) else v for k, v in row.items()}
-    data = json.dumps({**safe, "pid": os.getpid()}, sort_keys=True).encode()
-    with contextlib.suppress(OSError):
-        atomic_write(directory, STATE_FILE, data, mode=0o600)
+    spool.write_file(STATE_FILE, json.dumps({**safe, "pid": os.getpid()}, sort_keys=True).encode())
 
 
 def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from osquery_aws_logger._spool import (
@@ -115,11 +115,14 @@ def test_a_cap_drops_records_in_flight_too_and_says_which(tmp_path: Path) -> Non
     in_flight = spool.read(30)
     for i in range(30, 100):
         spool.append(KIND_RESULT, b"%d" % i)
-    # What the flusher still holds from dropped segments is off disk: it must not send it.
+    # What the flusher still holds below the floor is off disk: it must not send it, and it
+    # counts it itself (under the reason the spool gives); the spool counts only the rest.
     kept_in_flight = [r for r in in_flight if r.seq >= spool.dropped_below]
+    forgotten = len(in_flight) - len(kept_in_flight)
+    assert forgotten > 0 and spool.dropped_reason == "cap_records"
     rest = spool.read(1000)
     delivered = len(kept_in_flight) + len(rest)
-    assert delivered + drops["cap_records"] == 100
+    assert delivered + drops["cap_records"] + forgotten == 100
     assert drops["cap_records"] > 0
     del spool  # as after kill -9: a restart hands out exactly what was not dropped
     again = make(tmp_path / "s", drops, max_records=32)
@@ -332,3 +335,102 @@ def test_a_link_in_place_of_the_spool_directory_is_refused(tmp_path: Path) -> No
     spool = make(tmp_path / "s")
     assert "symbolic link" in spool.problem
     assert list(target.iterdir()) == []
+
+
+# -- found in review: chunk edges, damaged magic and sync, a vanished segment, a zeroed tail ----
+
+def _spans_of(data: bytes) -> list[tuple[int, int]]:
+    offset, out = len(FILE_MAGIC), []
+    while offset < len(data):
+        (length,) = _LENGTH.unpack_from(data, offset + 8)
+        out.append((offset, offset + HEADER.size + length))
+        offset += HEADER.size + length
+    return out
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # monkeypatch: set per example
+@given(chunk=st.sampled_from([1, 2, 3, 5, 7, 29, 30, 64, 100]), data=st.data())
+def test_damage_is_counted_exactly_whatever_the_read_chunk(
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, chunk: int,
+        data: st.DataObject) -> None:
+    # Tiny chunks make every read cross a record, a header and a sync marker boundary.
+    monkeypatch.setattr("osquery_aws_logger._spool.READ_CHUNK", chunk)
+    path = tmp_path_factory.mktemp("edges") / "s"
+    payloads = [data.draw(st.binary(max_size=80)) for _ in range(120)]
+    spool = make(path, max_records=16 * 40)
+    for payload in payloads:
+        spool.append(KIND_RESULT, payload)
+    spool.close()
+    segments = sorted(path.glob("*" + SEGMENT_SUFFIX))
+    touched = 0
+    for segment in data.draw(st.lists(st.sampled_from(segments), min_size=1, max_size=2,
+                                      unique=True)):
+        raw = bytearray(segment.read_bytes())
+        spans = _spans_of(bytes(raw))
+        limit = spans[-1][0] if segment == segments[-1] else spans[-1][1]
+        start = data.draw(st.integers(spans[0][0], limit - 1))
+        length = data.draw(st.integers(1, min(64, limit - start)))
+        for index in range(start, start + length):
+            raw[index] ^= data.draw(st.integers(1, 255))
+        segment.write_bytes(bytes(raw))
+        touched += sum(1 for a, b in spans if a < start + length and start < b)
+    drops: Counter[str] = Counter()
+    spool = make(path, drops, max_records=16 * 40)
+    got = []
+    while batch := spool.read(data.draw(st.integers(1, 50))):
+        got += batch
+    assert drops["corrupt"] == touched and len(got) + touched == len(payloads)
+    assert all(payloads[r.seq - 1] == r.data for r in got)
+
+
+def test_damage_over_the_magic_and_the_first_sync_costs_only_that_record(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _fill_segments(path, 100)
+    newest = sorted(path.glob("*" + SEGMENT_SUFFIX))[-1]
+    raw = bytearray(newest.read_bytes())
+    for index in range(16):  # the magic, and the sync marker of the segment's first record
+        raw[index] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    drops: Counter[str] = Counter()
+    got = make(path, drops, max_records=16 * 40).read(1000)
+    assert drops["corrupt"] == 1 and len(got) == 99  # never taken for the old format
+
+
+def test_a_segment_deleted_by_hand_is_counted_and_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    payloads, _ = _fill_segments(path, 100)
+    drops: Counter[str] = Counter()
+    spool = make(path, drops, max_records=16 * 40)
+    sorted(path.glob("*" + SEGMENT_SUFFIX))[0].unlink()  # 40 records
+    got = spool.read(1000)  # must return, not spin
+    assert drops["corrupt"] == 40 and [r.data for r in got] == payloads[40:]
+    spool.append(KIND_RESULT, b"after")
+    assert [r.data for r in spool.read(10)] == [b"after"]
+
+
+def test_a_zeroed_tail_is_counted_by_estimate_not_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _fill_segments(path, 30)
+    newest = sorted(path.glob("*" + SEGMENT_SUFFIX))[-1]
+    spans = _spans_of(newest.read_bytes())
+    raw = bytearray(newest.read_bytes())
+    raw[spans[-6][0] + 10:] = bytes(len(raw) - spans[-6][0] - 10)  # the last six, as a power loss
+    newest.write_bytes(bytes(raw))
+    drops: Counter[str] = Counter()
+    got = make(path, drops, max_records=16 * 40).read(1000)
+    # An estimate (the zeroed bytes over the mean record size), of the right size: not 1.
+    assert len(got) == 24 and 5 <= drops["corrupt"] <= 9
+
+
+def test_the_state_file_is_written_only_through_the_spool_s_own_directory(tmp_path: Path) -> None:
+    victim = tmp_path / "app"
+    (victim / "kinesis").mkdir(parents=True)
+    (victim / "kinesis" / "state.json").write_text("theirs")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone may write here, and plant a link one level up
+    (shared / "spool").symlink_to(victim)
+    spool = make(shared / "spool" / "kinesis")
+    assert spool.problem and not spool.write_file("state.json", b"ours")
+    assert (victim / "kinesis" / "state.json").read_text() == "theirs"
