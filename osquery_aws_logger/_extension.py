@@ -73,7 +73,7 @@ class LoggerPlugin:
     def forwards_status(self) -> bool:
         return not (self.service == "kinesis" and self.settings().aws_kinesis_disable_log_status)
 
-    def _spool(self, kind: int, data: bytes) -> None:
+    def _spool(self, kind: int, data: bytes | memoryview) -> None:
         self.counters.accepted += 1
         waiting = self.spool.append(kind, data)
         if waiting and waiting % self.batch_records == 0:
@@ -81,7 +81,7 @@ class LoggerPlugin:
             # would cost a loop turn per line while it is backing off.
             self.flusher_wake()
 
-    def log_bytes(self, line: bytes) -> None:
+    def log_bytes(self, line: bytes | memoryview) -> None:
         """A result or snapshot line as osqueryd sent it: spool it and return."""
         try:
             self._spool(KIND_RESULT, line)
@@ -157,7 +157,7 @@ class Handler:
     def ping(self) -> Any:
         return _OK
 
-    def log_line(self, item: str, line: bytes) -> bool:
+    def log_line(self, item: str, line: bytes | memoryview) -> bool:
         """The fast path's log call: False when no plugin has that name."""
         plugin = self.plugins.get(item)
         if plugin is None:

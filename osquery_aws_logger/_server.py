@@ -27,7 +27,7 @@ from typing import Any, Final
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.transport.TTransport import TTransportException
 
-from ._wire import Malformed, MessageScanner, NeedMore, WireCodec
+from ._wire import MAX_MESSAGE_BYTES, Malformed, MessageScanner, NeedMore, WireCodec
 
 log = logging.getLogger("osquery_aws_logger.server")
 
@@ -40,19 +40,26 @@ _RETRY: Final = (BlockingIOError, InterruptedError)
 class _Connection:
     """One accepted connection: what it sent so far and what it is still owed."""
 
-    __slots__ = ("buffer", "fd", "last_progress", "outgoing", "scanner", "started")
+    __slots__ = ("buffer", "fd", "last_progress", "outgoing", "paused", "scanner", "started")
 
     def __init__(self, fd: int, now: float) -> None:
         self.fd = fd
         self.buffer: bytes | bytearray = b""
         self.scanner: MessageScanner | None = None
-        self.outgoing = b""
-        self.started = now
+        self.outgoing = bytearray()
+        self.started = now  # when the message being read began
         self.last_progress = now
+        self.paused = False  # not read while big messages hold the memory budget
 
 
 class Server:
-    """Serves the Extension service on a UNIX socket until `stop()`."""
+    """Serves the Extension service on a UNIX socket until `stop()`.
+
+    osqueryd opens a connection per call and closes it after the answer; the server closes
+    first, once every call received is answered, which saves waiting for that close (a wake-up
+    and a read per connection, two connections per row). A client that sends several calls on
+    one connection must send them together (they are all answered) or reconnect.
+    """
 
     #: Longest the loop waits before it looks at deadlines and the stop flag again.
     POLL_SECONDS: Final = 0.5
@@ -63,26 +70,31 @@ class Server:
     MESSAGE_SECONDS: Final = 60.0
     #: A message declaring more than this is refused as soon as the declaration is read.
     #: osquery's lines rarely pass a few MB; anything over 16 MiB is dropped as oversize anyway.
-    MAX_MESSAGE_BYTES: Final = 64 << 20
+    MAX_MESSAGE_BYTES: Final = MAX_MESSAGE_BYTES
+    #: Bytes of unfinished messages held at once, all connections together. Past it, big
+    #: messages are read no further (their bytes wait in the kernel) until others finish: a
+    #: few peers each sending a giant line must not add up to osquery's watchdog limit.
+    BUFFER_BUDGET_BYTES: Final = 80 << 20
     #: Connections kept at once; past it, the one silent the longest is closed for a new one,
     #: so a crowd of stalled peers cannot lock osqueryd out.
     MAX_CONNECTIONS: Final = 256
     #: A message past this size is followed by returning freed memory to the system.
     BIG_MESSAGE_BYTES: Final = 1 << 20
-    #: Bytes asked for per read: a call fits in one; a big line comes in at most this a time.
+    #: Bytes asked for per read: a call fits in one; a big message comes in at most this much
+    #: per wake-up, so a fast peer sending one cannot keep the loop from the others.
     READ_BYTES: Final = 1 << 16
-    BIG_READ_BYTES: Final = 4 << 20
-    #: osqueryd opens a connection per call and closes it after the answer. Closing first, once
-    #: every call received is answered, saves waiting for that close: a wake-up and a read per
-    #: connection, two connections per row. A client that sends several calls on one
-    #: connection must send them together (they are all answered) or reconnect.
-    ONE_CALL_PER_CONNECTION: Final = True
+    BIG_READ_BYTES: Final = 1 << 20
+    #: How long accepting pauses when the process is out of descriptors and none can be freed.
+    ACCEPT_PAUSE_SECONDS: Final = 1.0
 
     def __init__(self, path: str, handler: Any) -> None:
         self.path = path
         self._codec = WireCodec(handler, handler.log_line)
         self._stop = threading.Event()
         self._connections: dict[int, _Connection] = {}
+        self._buffered = 0  # bytes of unfinished messages, all connections together
+        self._paused: set[_Connection] = set()
+        self._accept_paused_until = 0.0
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Bound and listening under a private name, then renamed into place: osqueryd (which
         # pings as soon as the path exists) never finds a socket that refuses connections.
@@ -127,7 +139,7 @@ class Server:
                         except _RETRY:
                             continue
                         except OSError as exc:
-                            self._accept_failed(exc)
+                            self._accept_failed(exc, now)
                             continue
                         self._accepted(conn_fd, now)
                     elif fd == self._wake_read:
@@ -156,12 +168,20 @@ class Server:
 
     # -- connections --------------------------------------------------------------------------
 
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE) and self._connections:
-            # Out of descriptors: make room by closing the connection silent the longest.
-            self._close(min(self._connections.values(), key=lambda c: c.last_progress))
-            log.warning("out of file descriptors with %d connections open; closed the most "
-                        "idle one", len(self._connections))
+    def _accept_failed(self, exc: OSError, now: float) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            if self._connections:
+                # Out of descriptors: make room by closing the connection silent the longest.
+                self._close(min(self._connections.values(), key=lambda c: c.last_progress))
+                log.warning("out of file descriptors with %d connections open; closed the "
+                            "most idle one", len(self._connections))
+            else:
+                # Nothing of ours to close: stop watching the listener for a moment rather
+                # than wake for it (and fail) in a tight loop.
+                self._epoll.modify(self._listener.fileno(), 0)
+                self._accept_paused_until = now + self.ACCEPT_PAUSE_SECONDS
+                log.warning("out of file descriptors; not accepting for %.0fs",
+                            self.ACCEPT_PAUSE_SECONDS)
         elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
             log.warning("accept failed: %s", exc)
 
@@ -173,43 +193,59 @@ class Server:
         self._connections[fd] = connection
         # osqueryd writes its call right after connecting: try the read at once, and only
         # when nothing is there yet watch the connection (two epoll_ctl calls saved per row).
-        if not self._receive(connection, now, first=True):
-            return
-        if connection.fd >= 0:
-            self._epoll.register(fd, _READ)
+        if self._receive(connection, now, first=True) and connection.fd >= 0:
+            self._epoll.register(fd, _READ if not connection.paused else 0)
 
     def _receive(self, connection: _Connection, now: float, *, first: bool = False) -> bool:
-        """Read what is there and answer what is whole. Answers True when the connection
-        waits for more and is not yet watched (only on the read right after accept)."""
-        fd = connection.fd
-        while True:
-            try:
-                size = self.READ_BYTES
-                if connection.scanner is not None and connection.scanner.need - \
-                        len(connection.buffer) > size:
-                    size = min(self.BIG_READ_BYTES, connection.scanner.need - len(connection.buffer))
-                data = os.read(fd, size)
-            except _RETRY:
+        """Read once and answer what is whole: one read per wake-up, so a fast peer (a big
+        message, or calls sent back to back) cannot keep the loop from the others; epoll says
+        when there is more. Answers True when the connection waits for more and is not yet
+        watched (only on the read right after accept)."""
+        scanner = connection.scanner
+        size = self.READ_BYTES
+        if scanner is not None:
+            if self._buffered >= self.BUFFER_BUDGET_BYTES:
+                self._pause(connection, first=first)
                 return first
-            except OSError:
-                self._close(connection)
-                return False
-            if not data:
-                self._close(connection)  # the peer closed, as osqueryd does after every call
-                return False
-            connection.last_progress = now
-            if connection.buffer:
-                if not isinstance(connection.buffer, bytearray):
-                    connection.buffer = bytearray(connection.buffer)
-                connection.buffer += data
-            else:
-                connection.buffer = data
-            if not self._answer(connection, now):
-                return False
-            if connection.fd < 0 or connection.outgoing:
-                return False
-            if len(data) < size:
-                return first  # the socket is drained for now: wait for the next wake-up
+            size = max(size, min(self.BIG_READ_BYTES, scanner.need - len(connection.buffer)))
+        try:
+            data = os.read(connection.fd, size)
+        except _RETRY:
+            return first
+        except OSError:
+            self._close(connection)
+            return False
+        if not data:
+            self._close(connection)  # the peer closed, as osqueryd does after every call
+            return False
+        connection.last_progress = now
+        if connection.buffer:
+            if not isinstance(connection.buffer, bytearray):
+                connection.buffer = bytearray(connection.buffer)
+            connection.buffer += data
+        else:
+            connection.buffer = data
+            connection.started = now
+        self._buffered += len(data)
+        if not self._answer(connection, now):
+            return False
+        return first and connection.fd >= 0 and not connection.outgoing
+
+    def _pause(self, connection: _Connection, *, first: bool) -> None:
+        connection.paused = True
+        self._paused.add(connection)
+        if not first:
+            self._epoll.modify(connection.fd, 0)
+
+    def _resume_paused(self) -> None:
+        """Big messages may be read again once the budget has room."""
+        if not self._paused or self._buffered >= self.BUFFER_BUDGET_BYTES:
+            return
+        for connection in self._paused:
+            connection.paused = False
+            connection.last_progress = time.monotonic()  # its wait was ours, not the peer's
+            self._epoll.modify(connection.fd, _READ)
+        self._paused.clear()
 
     def _answer(self, connection: _Connection, now: float) -> bool:
         """Answer every whole message in the buffer; False once the connection is done."""
@@ -236,7 +272,8 @@ class Server:
                 # parsed once and not again after every read.
                 connection.scanner = MessageScanner(self.MAX_MESSAGE_BYTES)
                 continue
-            except (TProtocolException, TTransportException, EOFError, struct.error) as exc:
+            except (Malformed, TProtocolException, TTransportException, EOFError,
+                    struct.error) as exc:
                 log.warning("closed a connection: a malformed Thrift message (%s)",
                             type(exc).__name__)
                 self._close(connection)
@@ -249,30 +286,33 @@ class Server:
             connection.scanner = None
             connection.started = now
             connection.buffer = buffer[used:] if used < len(buffer) else b""
+            self._buffered -= used
             del buffer
             if big:
                 release_memory()
+                self._resume_paused()
             if not self._write(connection, reply):
                 return False
-        if self.ONE_CALL_PER_CONNECTION and not connection.outgoing:
-            self._close(connection)
+        if not connection.outgoing:
+            self._close(connection)  # every call answered: see the class's docstring
             return False
         return True
 
     def _write(self, connection: _Connection, reply: bytes) -> bool:
-        data = connection.outgoing + reply if connection.outgoing else reply
+        if connection.outgoing:
+            connection.outgoing += reply  # behind what the peer has not read yet
+            return True
         try:
-            written = os.write(connection.fd, data) if not connection.outgoing else 0
+            written = os.write(connection.fd, reply)
         except _RETRY:
             written = 0
         except OSError:
             self._close(connection)
             return False
-        if written < len(data):
+        if written < len(reply):
             # The peer is not reading its answer yet: keep the rest, send on EPOLLOUT.
-            if not connection.outgoing:
-                self._watch(connection, _WRITE)
-            connection.outgoing = data[written:]
+            self._watch(connection, _WRITE)
+            connection.outgoing += reply[written:]
         return True
 
     def _send(self, connection: _Connection, now: float) -> None:
@@ -284,9 +324,9 @@ class Server:
             self._close(connection)
             return
         connection.last_progress = now
-        connection.outgoing = connection.outgoing[written:]
+        del connection.outgoing[:written]
         if not connection.outgoing:
-            if self.ONE_CALL_PER_CONNECTION and not connection.buffer:
+            if not connection.buffer:
                 self._close(connection)
             else:
                 self._watch(connection, _READ)
@@ -300,7 +340,12 @@ class Server:
 
     def _sweep(self, now: float) -> None:
         """Close the connections that stalled or have taken too long over one message."""
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._epoll.modify(self._listener.fileno(), select.EPOLLIN)
         for connection in list(self._connections.values()):
+            if connection.paused:
+                continue  # waiting for the budget, not for the peer
             if now - connection.last_progress >= self.IDLE_SECONDS:
                 self._close(connection)
             elif connection.buffer and now - connection.started >= self.MESSAGE_SECONDS:
@@ -312,12 +357,17 @@ class Server:
         fd = connection.fd
         if fd < 0:
             return
+        self._buffered -= len(connection.buffer)
         connection.fd = -1
-        connection.buffer = connection.outgoing = b""
+        connection.buffer = b""
+        connection.outgoing = bytearray()
         connection.scanner = None
+        connection.paused = False
+        self._paused.discard(connection)
         self._connections.pop(fd, None)
         # Closing removes the descriptor from the epoll set by itself.
         os.close(fd)
+        self._resume_paused()
 
 
 def _libc() -> Any:

@@ -109,10 +109,20 @@ def _segment_name(first: int) -> str:
     return f"{first:020d}{SEGMENT_SUFFIX}"
 
 
-def encode_record(seq: int, kind: int, data: bytes, accepted_at: float) -> bytes:
+def record_header(seq: int, kind: int, data: bytes | memoryview, accepted_at: float) -> bytes:
+    """The header that goes before `data` on disk (its checksum covers both)."""
     header = HEADER.pack(SYNC, 0, len(data), seq, kind, accepted_at)
     crc = zlib.crc32(data, zlib.crc32(header[_CHECKED_AT:]))
-    return SYNC + struct.pack("<I", crc) + header[_CHECKED_AT:] + data
+    return SYNC + struct.pack("<I", crc) + header[_CHECKED_AT:]
+
+
+def encode_record(seq: int, kind: int, data: bytes, accepted_at: float) -> bytes:
+    return record_header(seq, kind, data, accepted_at) + data
+
+
+#: Past this size a record's header and payload are written with one writev, not joined
+#: first: a multi-MB line is not copied again on its way to disk.
+_JOIN_BELOW: Final = 64 << 10
 
 
 def _valid_at(buffer: bytes, pos: int) -> tuple[int, int, int, float] | None:
@@ -421,7 +431,7 @@ class Spool:
 
     # -- the thrift side ----------------------------------------------------------------------
 
-    def append(self, kind: int, data: bytes) -> int:
+    def append(self, kind: int, data: bytes | memoryview) -> int:
         """Write one record; answer how many records wait unread (0 if this one was not kept).
 
         Never raises, never blocks on the network.
@@ -433,23 +443,27 @@ class Spool:
             if self._dir_fd < 0:
                 self._on_drop("spool_error", 1)
                 return 0
-            record = encode_record(self._next_seq, kind, data, time.time())
+            header = record_header(self._next_seq, kind, data, time.time())
+            parts: list[bytes | memoryview] = \
+                [header + data] if len(data) < _JOIN_BELOW else [header, data]
             try:
-                self._write(record)
+                size = self._write(parts)
             except OSError as exc:
                 self._write_failed(exc)
                 return 0
             segment = self._segments[-1]
             segment.count += 1
-            segment.size += len(record)
-            self._bytes += len(record)
+            segment.size += size
+            self._bytes += size
             self._next_seq += 1
             if not self._dirty_since:
                 self._dirty_since = time.monotonic()
             self._enforce_caps()
             return self._next_seq - self._read_seq
 
-    def _write(self, record: bytes) -> None:
+    def _write(self, parts: list[bytes | memoryview]) -> int:
+        """Append one record (in one write, or one writev of its parts); answer its size."""
+        size = sum(len(part) for part in parts)
         if self._fd < 0 or self._needs_roll():
             try:
                 self._roll()
@@ -458,15 +472,19 @@ class Spool:
                     raise
                 self._roll()
         try:
-            written = os.write(self._fd, record)
+            written = self._write_parts(parts)
         except OSError as exc:
             if exc.errno not in _FULL or not self._free_space():  # make room, try once more
                 raise
-            written = os.write(self._fd, record)
-        if written != len(record):
+            written = self._write_parts(parts)
+        if written != size:
             # A short write (the disk filled mid-record): cut it off, so the file stays whole.
             os.ftruncate(self._fd, self._segments[-1].size)
             raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        return size
+
+    def _write_parts(self, parts: list[bytes | memoryview]) -> int:
+        return os.write(self._fd, parts[0]) if len(parts) == 1 else os.writev(self._fd, parts)
 
     def _free_space(self) -> bool:
         """Give up the oldest waiting segment to make room (counted); False if none can go."""

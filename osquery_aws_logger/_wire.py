@@ -46,7 +46,9 @@ class Malformed(Exception):
 
 #: A parsed fast-path message: its sequence id, where it ends, and (registry, item, request)
 #: for a call or None for a ping.
-_Parsed = tuple[bytes, int, "tuple[bytes, bytes, dict[bytes, bytes]] | None"]
+#: Values are bytes, or views into the receive buffer for a message that spanned reads.
+Bytes = bytes | memoryview
+_Parsed = tuple[Bytes, int, "tuple[Bytes, Bytes, dict[bytes, Bytes]] | None"]
 
 
 class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
@@ -75,8 +77,8 @@ def _reply(method: str, result: Any) -> bytes:
     return bytes(buffer.getvalue())
 
 
-def _with_seqid(template: bytes, seqid: bytes) -> bytes:
-    return template[:_SEQID_AT] + seqid + template[_SEQID_AT + 4:]
+def _with_seqid(template: bytes, seqid: bytes | memoryview) -> bytes:
+    return template[:_SEQID_AT] + bytes(seqid) + template[_SEQID_AT + 4:]
 
 
 def response(code: int, message: str = "OK", rows: list[Any] | None = None) -> Any:
@@ -91,7 +93,7 @@ _PING_OK: Final = _reply("ping", Extension.ping_result(success=OK_STATUS))
 _CALL_OK: Final = _reply("call", Extension.call_result(success=OK_RESPONSE))
 
 #: Answers a logger call whose request carried a result line (string/snapshot) as raw bytes.
-LineSink = Callable[[str, bytes], bool]
+LineSink = Callable[[str, "bytes | memoryview"], bool]
 #: Answers any other call: (registry, item, request) -> ExtensionResponse.
 CallHandler = Callable[[str, str, dict[str, str]], Any]
 
@@ -119,14 +121,17 @@ class WireCodec:
             raise NeedMore from None
         return self._act(parsed)
 
-    def _parse(self, data: bytes | bytearray) -> _Parsed:
+    def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
         if isinstance(data, bytearray):
-            data = bytes(data)  # slices must be bytes (dict keys); rare: a message over reads
+            # A message over several reads (a big line): its values are read in place, not
+            # copied (a 60 MB line would be twice more); only the map's keys become bytes.
+            data = memoryview(data).toreadonly()
         if len(data) < 16:
-            if _CALL_HEADER.startswith(data[:4]) and (len(data) < 8 or data[4:8] == _NAME_LENGTH):
+            if _CALL_HEADER.startswith(bytes(data[:4])) and (len(data) < 8 or
+                                                            data[4:8] == _NAME_LENGTH):
                 raise NeedMore
             raise _Unexpected
-        if not data.startswith(_CALL_HEADER) or data[4:8] != _NAME_LENGTH:
+        if data[:4] != _CALL_HEADER or data[4:8] != _NAME_LENGTH:
             raise _Unexpected
         name = data[8:12]
         seqid = data[12:16]
@@ -140,7 +145,7 @@ class WireCodec:
         if name != b"call":
             raise _Unexpected
         registry = item = None
-        request: dict[bytes, bytes] | None = None
+        request: dict[bytes, Bytes] | None = None
         while True:
             if len(data) <= pos:
                 raise NeedMore
@@ -163,7 +168,7 @@ class WireCodec:
                 request = {}
                 for _ in range(size):
                     key, pos = _string(data, pos)
-                    request[key], pos = _string(data, pos)
+                    request[bytes(key)], pos = _string(data, pos)
             else:
                 raise _Unexpected
         if registry is None or item is None or request is None:
@@ -179,32 +184,30 @@ class WireCodec:
             line = request.get(b"string")
             if line is None and len(request) == 1:
                 line = request.get(b"snapshot")
-            if line is not None and self._log_line(item.decode("utf-8", "surrogateescape"), line):
+            if line is not None and self._log_line(str(item, "utf-8", "surrogateescape"), line):
                 return _with_seqid(_CALL_OK, seqid), end
-        decoded = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+        decoded = {str(k, "utf-8", "surrogateescape"): str(v, "utf-8", "surrogateescape")
                    for k, v in request.items()}
-        response = self._handler.call(registry.decode("utf-8", "surrogateescape"),
-                                      item.decode("utf-8", "surrogateescape"), decoded)
+        response = self._handler.call(str(registry, "utf-8", "surrogateescape"),
+                                      str(item, "utf-8", "surrogateescape"), decoded)
         if response is OK_RESPONSE:
             return _with_seqid(_CALL_OK, seqid), end
         return _with_seqid(_reply("call", Extension.call_result(success=response)), seqid), end
 
     def _generated(self, data: bytes | bytearray) -> tuple[bytes, int]:
-        """Anything else, through osquery-python's generated Processor."""
-        source = TTransport.TMemoryBuffer(bytes(data))
+        """Anything else, through osquery-python's generated Processor, once the scanner says
+        the message is whole: whatever the handler raises then is never taken for a short
+        read (and the handler never runs twice for one message)."""
+        end = MessageScanner(MAX_MESSAGE_BYTES).feed(data) if data else None
+        if end is None:
+            raise NeedMore
+        source = TTransport.TMemoryBuffer(bytes(data[:end]))
         sink = TTransport.TMemoryBuffer()
-        try:
-            self._processor.process(lenient_protocol(source), TBinaryProtocol.TBinaryProtocol(sink))
-        except (TTransport.TTransportException, EOFError, struct.error) as exc:
-            if isinstance(exc, TTransport.TTransportException) and exc.type not in (
-                    TTransport.TTransportException.END_OF_FILE, TTransport.TTransportException.UNKNOWN):
-                raise
-            raise NeedMore from None
-        consumed = source._buffer.tell()
-        return bytes(sink.getvalue()), consumed
+        self._processor.process(lenient_protocol(source), TBinaryProtocol.TBinaryProtocol(sink))
+        return bytes(sink.getvalue()), end
 
 
-def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+def _string(data: Bytes, pos: int) -> tuple[Bytes, int]:
     (length,) = _I32.unpack_from(data, pos)
     start = pos + 4
     end = start + length
@@ -220,6 +223,11 @@ _FIXED_SIZE: Final = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, 
                       TType.DOUBLE: 8}
 #: Deepest nesting of structs and containers a message may have (osquery's have two levels).
 _MAX_DEPTH: Final = 32
+#: Largest message taken, and most fields and container elements in one: osquery's calls have
+#: a handful, while a few MB of empty structs would cost seconds to walk and to parse, during
+#: which nothing else is served.
+MAX_MESSAGE_BYTES: Final = 64 << 20
+MAX_ELEMENTS: Final = 1 << 16
 _SIZES: Final = struct.Struct(">bbi")
 _LIST_HEADER: Final = struct.Struct(">bi")
 
@@ -236,8 +244,9 @@ class MessageScanner:
     read, so a message over `limit` bytes is refused before its bytes are read.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = MAX_MESSAGE_BYTES, elements: int = MAX_ELEMENTS) -> None:
         self.limit = limit
+        self._elements_left = elements
         self._data: bytes | bytearray = b""
         self._steps = self._message()
         self.need = next(self._steps)
@@ -262,6 +271,11 @@ class MessageScanner:
         if end > self.limit:
             raise Malformed(f"a message of more than {self.limit} bytes")
         return end
+
+    def _count(self, elements: int) -> None:
+        self._elements_left -= elements
+        if self._elements_left < 0:
+            raise Malformed("a message of more fields and elements than any osquery call has")
 
     def _i32(self, pos: int) -> int:
         value: int = _I32.unpack_from(self._data, pos)[0]
@@ -306,6 +320,7 @@ class MessageScanner:
                 field = self._data[pos]
                 if field == TType.STOP:
                     return pos + 1
+                self._count(1)
                 yield self._want(pos + 3)
                 pos = yield from self._skip(field, pos + 3, depth + 1)
         if kind == TType.MAP:
@@ -321,6 +336,7 @@ class MessageScanner:
     def _items(self, pos: int, size: int, kinds: tuple[int, ...], depth: int) -> _Scan:
         if size < 0:
             raise Malformed("a negative container size")
+        self._count(size)
         if all(kind in _FIXED_SIZE for kind in kinds):
             end = self._want(pos + size * sum(_FIXED_SIZE[kind] for kind in kinds))
             yield end

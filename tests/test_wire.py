@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from osquery.extensions import Extension
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
+from thrift.Thrift import TMessageType, TType
 from thrift.transport import TTransport
 
 from osquery_aws_logger._wire import OK_RESPONSE, Malformed, MessageScanner, NeedMore, WireCodec
@@ -191,3 +192,42 @@ def test_a_handler_bug_raising_index_error_is_not_taken_for_a_short_read() -> No
     codec = WireCodec(object(), broken_sink)
     with pytest.raises(IndexError):
         codec.answer(_call_message({"string": "{}"}))
+
+
+def test_the_scanner_refuses_a_message_of_too_many_elements() -> None:
+    # A few hundred KB of empty structs in a list: cheap to send, seconds to walk and parse.
+    buffer = TTransport.TMemoryBuffer()
+    protocol = TBinaryProtocol.TBinaryProtocol(buffer)
+    protocol.writeMessageBegin("call", TMessageType.CALL, 1)
+    protocol.writeStructBegin("call_args")
+    protocol.writeFieldBegin("junk", TType.LIST, 9)
+    protocol.writeListBegin(TType.STRUCT, 200_000)
+    for _ in range(200_000):
+        protocol.writeFieldStop()
+    protocol.writeListEnd()
+    protocol.writeFieldEnd()
+    protocol.writeFieldStop()
+    protocol.writeMessageEnd()
+    with pytest.raises(Malformed, match="more fields and elements"):
+        MessageScanner().feed(bytes(buffer.getvalue()))
+
+
+def test_a_generated_path_handler_runs_once_even_when_it_raises_a_transport_error() -> None:
+    calls = []
+
+    class Handler:
+        def shutdown(self) -> None:
+            calls.append("shutdown")
+            # The generated code re-raises transport errors: once taken for a short read.
+            raise TTransport.TTransportException(TTransport.TTransportException.END_OF_FILE)
+
+    buffer = TTransport.TMemoryBuffer()
+    Extension.Client(TBinaryProtocol.TBinaryProtocol(buffer)).send_shutdown()
+    codec = WireCodec(Handler(), lambda item, line: False)
+    message = bytes(buffer.getvalue())
+    with pytest.raises(TTransport.TTransportException):
+        codec.answer(message)
+    assert calls == ["shutdown"]
+    with pytest.raises(NeedMore):  # a short read still says so, and runs nothing
+        codec.answer(message[:-1])
+    assert calls == ["shutdown"]
