@@ -221,11 +221,12 @@ class LoggerExtension:
         try:
             options = self.manager.options()
         except (TTransport.TTransportException, OSError):
-            options = {}
-        settings, problems = parse_settings(options, self.args.command_line)
+            options = None
+        settings, problems = parse_settings(options or {}, self.args.command_line)
         note_settings(settings)  # log format and the secrets to redact, before any use
-        # Read again at every logger init: say it once, and again only when the set changes.
-        unknown = unknown_options(options)
+        # Read again at every logger init: say it once, and again only when the set changes
+        # (a failed read changes nothing).
+        unknown = self._unknown if options is None else unknown_options(options)
         if unknown and unknown != self._unknown:
             log.warning("ignoring options this extension does not know: %s", describe_unknown(unknown))
         self._unknown = unknown

@@ -3,6 +3,9 @@ what is expected; the reason never quotes the value, and secrets stay redacted."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import boto3
 import pytest
 
@@ -20,6 +23,7 @@ from osquery_aws_logger._settings import (
     unknown_options,
 )
 from tests.osqueryd_standin import _AWS_FLAGS, _CORE_FLAGS
+from tests.test_status import run_cli
 
 # (option, unusable value, what the message must say is expected)
 REFUSED = [
@@ -170,3 +174,30 @@ def test_unknown_aws_options_are_named_with_the_closest_known_one() -> None:
     ]
     assert describe_unknown(found[2:3] + found[4:]) == (
         "custom_aws_kinesis_strem (did you mean custom_aws_kinesis_stream?); custom_aws_zzzzzzzz")
+
+
+def test_check_names_each_refused_value_and_unknown_option(tmp_path: Path) -> None:
+    config = tmp_path / "osquery.conf"
+    config.write_text(json.dumps({"options": {
+        "custom_aws_kinesis_stream": "s", "custom_aws_kinesis_endpoint": "http://",
+        "aws_region": "us east 1!!/../", "custom_aws_firehose_period": str(10**20),
+        "custom_aws_logger_spool_dir": "spool", "custom_aws_kinesis_strem": "typo",
+        "custom_aws_secret_access_key": "TOP-SECRET-7",
+        # osquery's own flags, which this extension does not read: not unknown.
+        "aws_debug": False, "aws_enforce_fips": False}}))
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL ")]
+    assert fails == [
+        "FAIL custom_aws_kinesis_strem: not an option of this extension "
+        "(did you mean custom_aws_kinesis_stream?)",
+        "FAIL aws_kinesis_endpoint='http://': no host: expected an http:// or https:// URL with "
+        "a host and, if any, a port 1-65535, like https://kinesis.us-east-1.amazonaws.com",
+        "FAIL aws_firehose_period='100000000000000000000': out of range: expected a whole "
+        "number of seconds from 1 to 86400",
+        "FAIL aws_region='us east 1!!/../': expected an AWS region name like us-east-1, "
+        "eu-central-2 or us-gov-west-1, or empty",
+        "FAIL aws_logger_spool_dir='spool': expected an absolute directory path, like "
+        "/var/osquery/aws_logger",
+    ]
+    assert "TOP-SECRET-7" not in result.stdout + result.stderr
