@@ -24,6 +24,7 @@ from ._settings import (
     Settings,
     option_default,
     parse_settings,
+    unknown_options,
 )
 from ._status import read_status
 
@@ -170,10 +171,9 @@ def check_main(argv: Sequence[str]) -> int:
             say(f"FAIL config {config_path}: {exc}")
             return 1
     options = {**flagfile_options, **config_options}
-    unknown = sorted(k for k in options if k.removeprefix(CUSTOM_PREFIX).startswith("aws_")
-                     and k.removeprefix(CUSTOM_PREFIX) not in OPTION_NAMES)
-    for name in unknown:
-        problems.append(f"{name}: not an option of this extension")
+    for name, close in unknown_options(options):
+        problems.append(f"{name}: not an option of this extension"
+                        + (f" (did you mean {close}?)" if close else ""))
     command_line = {s.name: getattr(args, s.name) for s in OPTIONS if getattr(args, s.name) is not None}
     settings, invalid = parse_settings(options, command_line)
     problems += invalid

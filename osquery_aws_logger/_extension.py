@@ -31,7 +31,7 @@ from ._logs import note_settings
 from ._manager import EXTENSION_NAME, ManagerClient
 from ._server import Server, tune_memory
 from ._service import SERVICES
-from ._settings import Settings, parse_settings
+from ._settings import Settings, describe_unknown, parse_settings, unknown_options
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
 from ._wire import OK_RESPONSE, response
@@ -209,6 +209,7 @@ class LoggerExtension:
         self._version = ""
         self.settings = Settings()
         self.problems: list[str] = []
+        self._unknown: list[tuple[str, str | None]] = []
         self.plugins: dict[str, LoggerPlugin] = {}
         self.flusher: Flusher | None = None
         self.server: Server | None = None
@@ -220,9 +221,15 @@ class LoggerExtension:
         try:
             options = self.manager.options()
         except (TTransport.TTransportException, OSError):
-            options = {}
-        settings, problems = parse_settings(options, self.args.command_line)
+            options = None
+        settings, problems = parse_settings(options or {}, self.args.command_line)
         note_settings(settings)  # log format and the secrets to redact, before any use
+        # Read again at every logger init: say it once, and again only when the set changes
+        # (a failed read changes nothing).
+        unknown = self._unknown if options is None else unknown_options(options)
+        if unknown and unknown != self._unknown:
+            log.warning("ignoring options this extension does not know: %s", describe_unknown(unknown))
+        self._unknown = unknown
         return settings, problems
 
     def _announce_problems(self, problems: list[str]) -> None:

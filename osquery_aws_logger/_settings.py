@@ -10,8 +10,13 @@ through a typed view (`Settings.service("kinesis")`), never through built attrib
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import json
-from collections.abc import Callable, Mapping
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +25,8 @@ from ._errors import SettingsError
 #: Options whose values never appear in a log line, an error or a settings dump.
 SECRET_OPTIONS: Final = frozenset({"aws_secret_access_key", "aws_session_token", "aws_proxy_password"})
 REDACTED: Final = "<redacted>"
+#: How much of an unusable value a problem quotes.
+SHOWN_VALUE_CHARS: Final = 80
 
 #: Prefix under which osqueryd keeps config options it does not define itself; on a build made
 #: without AWS support this is the only way a config file's option reaches the extension.
@@ -27,6 +34,30 @@ CUSTOM_PREFIX: Final = "custom_"
 
 PROXY_SCHEMES: Final = ("http", "https")
 STS_TIMEOUT_RANGE: Final = (900, 3600)
+
+# Upper bounds of the numeric options. osquery's own aws_kinesis_period and buffered_log_max are
+# uint64 flags, so osqueryd accepts anything up to 2^64-1 and a typo (an extra few digits, a
+# value in milliseconds) would pass; past these bounds no value is a setting anyone means.
+#: A day: a longer period keeps rows on the host past the point anyone reads them as current.
+MAX_PERIOD_SECONDS: Final = 86_400
+#: A billion records: over a hundred GB of spool at a typical 100-200 bytes per row.
+MAX_BUFFERED_LOG: Final = 10**9
+#: 1 TiB of spool per plugin.
+MAX_SPOOL_BYTES: Final = 1 << 40
+#: An hour; osqueryd itself SIGKILLs an extension ~11 s after asking it to stop.
+MAX_SHUTDOWN_SECONDS: Final = 3_600
+
+#: osquery's own aws_* flags that this extension does not read (osquery/utils/aws/aws_util.cpp,
+#: 5.x). A stock osqueryd reports every flag it defines, so these are known, not typos.
+OSQUERY_AWS_FLAGS_NOT_READ: Final = frozenset({
+    "aws_debug", "aws_disable_imdsv1_fallback", "aws_enforce_fips",
+    "aws_imdsv2_request_attempts", "aws_imdsv2_request_interval"})
+
+#: AWS region names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1, us-isob-east-1.
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+){1,3}-[0-9]{1,2}")
+#: One DNS label, as botocore checks an endpoint's host (letters, digits, inner hyphens).
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _parse_bool(text: str) -> bool:
@@ -39,18 +70,33 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _whole_number(text: str, high: int, unit: str) -> int:
+    """A whole number from 1 to `high`; the message says the range and never quotes the text."""
+    value = text.strip()
+    expected = f"expected a whole number of {unit} from 1 to {high}"
+    # Digits only (no sign, no "1_000"); a long digit string is out of range without int(),
+    # which refuses more than 4300 digits with a message of its own.
+    if not _DIGITS.fullmatch(value):
+        raise ValueError(expected)
+    if len(value.lstrip("0")) > len(str(high)) or not 1 <= int(value) <= high:
+        raise ValueError(f"out of range: {expected}")
+    return int(value)
+
+
 def _parse_period(text: str) -> int:
-    value = int(text.strip())
-    if value < 1:
-        raise ValueError("expected a whole number of seconds of at least 1")
-    return value
+    return _whole_number(text, MAX_PERIOD_SECONDS, "seconds")
 
 
-def _parse_positive(text: str) -> int:
-    value = int(text.strip())
-    if value < 1:
-        raise ValueError("expected a positive whole number")
-    return value
+def _parse_buffered_log_max(text: str) -> int:
+    return _whole_number(text, MAX_BUFFERED_LOG, "records")
+
+
+def _parse_spool_bytes(text: str) -> int:
+    return _whole_number(text, MAX_SPOOL_BYTES, "bytes (1 TiB)")
+
+
+def _parse_shutdown_timeout(text: str) -> int:
+    return _whole_number(text, MAX_SHUTDOWN_SECONDS, "seconds")
 
 
 def _parse_port(text: str) -> int | None:
@@ -78,10 +124,85 @@ def _parse_scheme(text: str) -> str:
     return value
 
 
+_ENDPOINT_EXPECTED: Final = ("expected an http:// or https:// URL with a host and, if any, a port "
+                             "1-65535, like https://kinesis.us-east-1.amazonaws.com")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address or a DNS name: what botocore accepts for an endpoint's host."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+
+
 def _parse_endpoint(text: str) -> str:
+    """An endpoint URL that botocore will take: a half-parsed one would otherwise pass here and
+    fail at every client build as "ValueError: Invalid endpoint", retried for ever."""
     value = text.strip()
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http:// or https:// URL")
+    if not value:
+        return value
+    if any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError(f"contains spaces or control characters: {_ENDPOINT_EXPECTED}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # raises for a port that is not a number or beyond 65535
+    except ValueError:
+        # urlsplit's own text quotes the value: say what is wrong in general terms instead.
+        raise ValueError(f"does not parse as a URL (unclosed [ or a bad port): "
+                         f"{_ENDPOINT_EXPECTED}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"not http or https: {_ENDPOINT_EXPECTED}")
+    if not parts.hostname:
+        raise ValueError(f"no host: {_ENDPOINT_EXPECTED}")
+    if not _valid_host(parts.hostname):
+        raise ValueError(f"the host is not a DNS name or IP address: {_ENDPOINT_EXPECTED}")
+    if port == 0:
+        raise ValueError(f"port 0: {_ENDPOINT_EXPECTED}")
+    return value
+
+
+def _parse_region(text: str) -> str:
+    """An AWS region name, or empty (fall back to the next source of a region)."""
+    value = text.strip()
+    if value and not _REGION.fullmatch(value):
+        raise ValueError("expected an AWS region name like us-east-1, eu-central-2 or "
+                         "us-gov-west-1, or empty")
+    return value
+
+
+def _parse_spool_dir(text: str) -> str:
+    """The spool's directory: a relative one would land wherever the process was started."""
+    value = text.strip()
+    if not value:
+        raise ValueError("empty: expected an absolute directory path, like /var/osquery/aws_logger")
+    if not os.path.isabs(value) or "\0" in value:
+        raise ValueError("expected an absolute directory path, like /var/osquery/aws_logger")
+    return value
+
+
+def _parse_metrics_file(text: str) -> str:
+    """Empty (no metrics file) or where node_exporter's textfile collector looks: *.prom."""
+    value = text.strip()
+    if value and (not os.path.isabs(value) or not value.endswith(".prom") or "\0" in value):
+        raise ValueError("expected an absolute path of a .prom file (node_exporter's textfile "
+                         "collector reads only *.prom), or empty")
+    return value
+
+
+def _parse_ca_bundle(text: str) -> str:
+    """Empty (AWS_CA_BUNDLE, else the host's store) or an absolute path to a CA file.
+
+    Whether the file exists is not checked here: config management may put it in place after
+    osqueryd starts, and the settings are read again at each logger init. A missing file is
+    named by the TLS error of the first connection ("No such file or directory"), in the log,
+    the status table and `check`.
+    """
+    value = text.strip()
+    if value and (not os.path.isabs(value) or "\0" in value):
+        raise ValueError("expected an absolute path to a PEM CA bundle file, or empty")
     return value
 
 
@@ -149,24 +270,27 @@ class OptionSpec:
 
 OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_kinesis_stream", "", _parse_str, "Kinesis Data Streams stream name"),
-    OptionSpec("aws_kinesis_period", "10", _parse_period, "Seconds between Kinesis flushes"),
+    OptionSpec("aws_kinesis_period", "10", _parse_period,
+               "Seconds between Kinesis flushes (1-86400)"),
     OptionSpec("aws_kinesis_random_partition_key", "false", _parse_bool,
                "Use a random partition key per record instead of the host identifier"),
     OptionSpec("aws_kinesis_disable_log_status", "false", _parse_bool,
                "Do not send status logs to Kinesis"),
     OptionSpec("aws_kinesis_endpoint", "", _parse_endpoint, "Custom Kinesis endpoint URL"),
-    OptionSpec("aws_kinesis_region", "", _parse_str, "Kinesis region (overrides aws_region)"),
+    OptionSpec("aws_kinesis_region", "", _parse_region,
+               "Kinesis region, like us-east-1 (overrides aws_region)"),
     OptionSpec("aws_firehose_stream", "", _parse_str, "Firehose delivery stream name"),
-    OptionSpec("aws_firehose_period", "10", _parse_period, "Seconds between Firehose flushes"),
+    OptionSpec("aws_firehose_period", "10", _parse_period,
+               "Seconds between Firehose flushes (1-86400)"),
     OptionSpec("aws_firehose_endpoint", "", _parse_endpoint, "Custom Firehose endpoint URL"),
-    OptionSpec("aws_firehose_region", "", _parse_str, "Firehose region (overrides aws_region)"),
+    OptionSpec("aws_firehose_region", "", _parse_region, "Firehose region (overrides aws_region)"),
     OptionSpec("aws_access_key_id", "", _parse_str, "AWS access key ID override"),
     OptionSpec("aws_secret_access_key", "", _parse_str, "AWS secret access key override"),
     OptionSpec("aws_session_token", "", _parse_str, "AWS session token override"),
     OptionSpec("aws_profile_name", "", _parse_str, "AWS config profile for credentials and region"),
-    OptionSpec("aws_region", "", _parse_str, "AWS region override"),
+    OptionSpec("aws_region", "", _parse_region, "AWS region override"),
     OptionSpec("aws_sts_arn_role", "", _parse_str, "AWS STS assume role ARN"),
-    OptionSpec("aws_sts_region", "", _parse_str, "AWS STS assume role region"),
+    OptionSpec("aws_sts_region", "", _parse_region, "AWS STS assume role region"),
     OptionSpec("aws_sts_session_name", "default", _parse_str, "AWS STS session name"),
     OptionSpec("aws_sts_timeout", "3600", _parse_sts_timeout,
                "AWS STS temporary credential lifetime in seconds (900-3600)"),
@@ -176,18 +300,19 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_proxy_port", "", _parse_port, "Proxy port"),
     OptionSpec("aws_proxy_username", "", _parse_str, "Proxy username"),
     OptionSpec("aws_proxy_password", "", _parse_str, "Proxy password"),
-    OptionSpec("buffered_log_max", "1000000", _parse_positive,
-               "Most records kept waiting per plugin; past it the oldest are dropped"),
+    OptionSpec("buffered_log_max", "1000000", _parse_buffered_log_max,
+               "Most records kept waiting per plugin (at most 10^9); past it the oldest are dropped"),
     # The extension's own options. osqueryd does not define them, so in a config file they are
     # written with the custom_ prefix (custom_aws_logger_spool_dir); on the command line plain.
     OptionSpec("aws_sts_endpoint", "", _parse_endpoint,
                "Custom STS endpoint URL (non-AWS implementations, tests)", osquery=False),
-    OptionSpec("aws_logger_spool_dir", "/var/osquery/aws_logger", _parse_str,
-               "Directory of the durable spool", osquery=False),
-    OptionSpec("aws_logger_spool_max_bytes", str(1 << 30), _parse_positive,
-               "Most bytes kept waiting per plugin; past it the oldest are dropped", osquery=False),
-    OptionSpec("aws_logger_shutdown_timeout", "5", _parse_positive,
-               "Seconds to keep flushing at shutdown before exiting", osquery=False),
+    OptionSpec("aws_logger_spool_dir", "/var/osquery/aws_logger", _parse_spool_dir,
+               "Directory of the durable spool (an absolute path)", osquery=False),
+    OptionSpec("aws_logger_spool_max_bytes", str(1 << 30), _parse_spool_bytes,
+               "Most bytes kept waiting per plugin (at most 1 TiB); past it the oldest are dropped",
+               osquery=False),
+    OptionSpec("aws_logger_shutdown_timeout", "5", _parse_shutdown_timeout,
+               "Seconds to keep flushing at shutdown before exiting (1-3600)", osquery=False),
     OptionSpec("aws_logger_plugin_suffix", "", _parse_suffix,
                "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>",
                osquery=False),
@@ -216,11 +341,13 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_logger_log_format", "text", _parse_log_format,
                "Log lines as text or json (one object per line), each with an ISO-8601 UTC time",
                osquery=False),
-    OptionSpec("aws_logger_metrics_file", "", _parse_str,
-               "Write the status counters in Prometheus text format to this .prom file",
+    OptionSpec("aws_logger_metrics_file", "", _parse_metrics_file,
+               "Write the status counters in Prometheus text format to this .prom file "
+               "(an absolute path)",
                osquery=False),
-    OptionSpec("aws_logger_ca_bundle", "", _parse_str,
-               "CA bundle for TLS to AWS (default: AWS_CA_BUNDLE, else the host's trust store)",
+    OptionSpec("aws_logger_ca_bundle", "", _parse_ca_bundle,
+               "CA bundle file (an absolute path) for TLS to AWS (default: AWS_CA_BUNDLE, else the "
+               "host's trust store)",
                osquery=False),
 )
 
@@ -399,6 +526,39 @@ def option_value(options: Mapping[str, str], name: str) -> str | None:
     return options.get(name)
 
 
+def unknown_options(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The aws_* and custom_aws_* names among `names` that nothing reads, each with the closest
+    option this extension knows under the same spelling (plain or custom_), or None.
+
+    osquery's own aws_* flags are known even when this extension does not read them: a stock
+    osqueryd reports each one it defines. A custom_ name is known only for an option of the
+    table, since osqueryd keeps custom_ options for extensions and reads none itself.
+    """
+    found: list[tuple[str, str | None]] = []
+    known = sorted(name[len("aws_"):] for name in OPTION_NAMES if name.startswith("aws_"))
+    for name in sorted(set(names)):
+        custom = name.startswith(CUSTOM_PREFIX)
+        plain = name.removeprefix(CUSTOM_PREFIX)
+        if not plain.startswith("aws_") or plain in OPTION_NAMES:
+            continue  # not ours to judge, or read in either spelling
+        if plain in OSQUERY_AWS_FLAGS_NOT_READ:
+            if custom:  # osquery reads its own flags only under their plain names
+                found.append((name, plain))
+            continue
+        # Compared without the shared "aws_", which would make every name look close.
+        close = difflib.get_close_matches(plain[len("aws_"):], known, n=1)
+        prefix = (CUSTOM_PREFIX if custom else "") + "aws_"
+        found.append((name, prefix + close[0] if close else None))
+    return found
+
+
+def describe_unknown(unknown: list[tuple[str, str | None]]) -> str:
+    """One line naming the unknown options and the closest known ones; never their values,
+    which may be secrets under a misspelt name that the redaction does not know."""
+    return "; ".join(name + (f" (did you mean {close}?)" if close else "")
+                     for name, close in unknown)
+
+
 def parse_settings(options: Mapping[str, str],
                    command_line: Mapping[str, str]) -> tuple[Settings, list[str]]:
     """Settings from osqueryd's options and the extension's own command line (which wins).
@@ -419,7 +579,10 @@ def parse_settings(options: Mapping[str, str],
         except ValueError as exc:
             # int() messages quote the value itself; never let one through for a secret.
             reason = str(exc) if not str(exc).startswith("invalid literal") else "expected a number"
-            problems.append(f"{spec.name}={redact(spec.name, text)!r}: {reason}")
+            shown = redact(spec.name, text)
+            if len(shown) > SHOWN_VALUE_CHARS:  # a pasted blob or a runaway number: its start will do
+                shown = shown[:SHOWN_VALUE_CHARS] + "..."
+            problems.append(f"{spec.name}={shown!r}: {reason}")
     return Settings(**values), problems
 
 

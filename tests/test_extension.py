@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,85 @@ def test_status_logs_become_status_records_with_osquery_aws_fields(
     assert record == {"hostIdentifier": "host1", "calendarTime": "Sun Nov 29 14:00:00 2026 UTC",
                       "unixTime": 1795960800, "severity": 1, "filename": "a.cpp", "line": 7,
                       "message": "hello", "version": "5.23.0", "log_type": "status"}
+
+
+# -- issue 14, item 7: strict settings at run time ---------------------------------------------
+
+def test_an_unusable_endpoint_region_or_number_is_refused_and_the_extension_keeps_serving(
+        tmp_path: Path, extension_factory: Factory) -> None:
+    options = {"aws_kinesis_stream": "s", "aws_kinesis_endpoint": "https://:99999",
+               "aws_firehose_endpoint": "http://[::1", "aws_region": "us east 1!!/../",
+               "aws_kinesis_period": str(10**20), "buffered_log_max": str(10**40)}
+    with extension_factory(tmp_path, options=options) as ext:
+        assert ext.log("kinesis", ext.standin.result_line()).status.code == 0
+        line = wait_for(lambda: [ln for ln in ext.stderr().splitlines()
+                                 if "settings unusable" in ln], 5, "the settings error")[0]
+        for expected in ("aws_kinesis_endpoint='https://:99999': does not parse as a URL",
+                         "aws_firehose_endpoint='http://[::1': does not parse as a URL",
+                         "a port 1-65535",
+                         "aws_region='us east 1!!/../': expected an AWS region name like us-east-1",
+                         f"aws_kinesis_period='{10**20}': out of range: expected a whole number "
+                         "of seconds from 1 to 86400",
+                         f"buffered_log_max='{10**40}': out of range: expected a whole number of "
+                         "records from 1 to 1000000000"):
+            assert expected in line
+        # Nothing is tried with them: no "unexpected failure" retried for ever.
+        assert "unexpected failure" not in ext.stderr()
+        assert ext.proc is not None and ext.proc.poll() is None
+
+
+def test_a_relative_spool_dir_is_refused_when_osqueryd_changes_it(
+        tmp_path: Path, extension_factory: Factory) -> None:
+    relative = "spool-of-issue-14-item-7"
+    with extension_factory(tmp_path, options={"aws_kinesis_stream": "s"}) as ext:
+        assert ext.proc is not None
+        cwd = Path(os.readlink(f"/proc/{ext.proc.pid}/cwd"))
+        ext.standin.set_custom_option("custom_aws_logger_spool_dir", relative)
+        ext.init()
+        wait_for(lambda: f"aws_logger_spool_dir='{relative}'" in ext.stderr(), 5, "the refusal")
+        assert (f"aws_logger_spool_dir='{relative}': expected an absolute directory path"
+                in ext.stderr())
+        # The spool stays where it was opened; nothing lands in the working directory.
+        assert ext.log("kinesis", ext.standin.result_line()).status.code == 0
+        assert not (cwd / relative).exists()
+        assert any((ext.spool_dir / "kinesis").iterdir())
+        assert ext.proc.poll() is None
+
+
+def reread(ext: RunningExtension, options_calls: Callable[[], int]) -> None:
+    """Send init and wait until the extension has asked osqueryd for its options again."""
+    before = options_calls()
+    ext.init()
+    wait_for(lambda: options_calls() > before, 5, "the settings read again")
+
+
+def test_unknown_aws_options_are_named_once_with_the_closest_known_one(
+        tmp_path: Path, extension_factory: Factory) -> None:
+    # A stock build: the stand-in reports every aws_* flag osquery defines, those this
+    # extension does not read among them (aws_debug, aws_enforce_fips, aws_imdsv2_*...).
+    ext = extension_factory(tmp_path, builtin_aws=True,
+                            options={"aws_kinesis_stream": "s", "aws_logger_spool_dri": "/x"})
+    ext.standin.set_custom_option("custom_aws_secret_acess_key", "MISSPELT-SECRET-42")
+    prefix = "ignoring options this extension does not know: "
+
+    def lines() -> list[str]:
+        return [ln.split(prefix, 1)[1] for ln in ext.stderr().splitlines() if prefix in ln]
+
+    def options_calls() -> int:
+        return sum(1 for r in ext.standin.manager_requests if r[0] == "options")
+
+    with ext:
+        wait_for(lines, 5, "the unknown options line")
+        assert lines() == [
+            "custom_aws_logger_spool_dri (did you mean custom_aws_logger_spool_dir?); "
+            "custom_aws_secret_acess_key (did you mean custom_aws_secret_access_key?)"]
+        # Settings are read again at every init; the same unknown set is not said again.
+        for _ in range(2):
+            reread(ext, options_calls)
+        assert len(lines()) == 1
+        ext.standin.set_custom_option("custom_aws_kinesis_perod", "5")
+        ext.init()
+        wait_for(lambda: len(lines()) == 2, 5, "the changed set")
+        assert "custom_aws_kinesis_perod (did you mean custom_aws_kinesis_period?)" in lines()[1]
+        assert "MISSPELT-SECRET-42" not in ext.stderr()
+        assert ext.proc is not None and ext.proc.poll() is None
