@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from ._safefs import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
 
@@ -140,6 +140,15 @@ def _valid_at(buffer: bytes, pos: int) -> tuple[int, int, int, float] | None:
     return length, seq, kind, accepted_at
 
 
+class _Found(NamedTuple):
+    """An intact record as a reader meets it."""
+
+    seq: int
+    kind: int
+    accepted_at: float
+    data: bytes
+
+
 class _Reader:
     """Walks the records of one segment file from a byte offset, resynchronising after damage."""
 
@@ -163,26 +172,26 @@ class _Reader:
         self._pos = 0
         return len(self._buffer) >= need
 
-    def next(self) -> tuple[int, int, float, bytes] | bool | None:
-        """The next intact record (seq, kind, accepted_at, data); None at the end of the data;
-        False when damage was skipped (the caller learns how much from the sequence numbers)."""
-        if self.offset >= self._end:
-            return None
-        if not self._fill(HEADER.size):
-            self._skip_to_end()  # a few bytes too short for a header: a torn tail
-            return False
-        (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
-        if length <= MAX_RECORD_BYTES:
-            self._fill(HEADER.size + length)
-        found = _valid_at(self._buffer, self._pos)
-        if found is None:
-            self._resync()
-            return False
-        length, seq, kind, accepted_at = found
-        start = self._pos + HEADER.size
-        data = self._buffer[start:start + length]
-        self._advance(HEADER.size + length)
-        return seq, kind, accepted_at, data
+    def next(self) -> _Found | None:
+        """The next intact record, or None at the end of the data. Damage is skipped: the
+        caller learns how many records it cost from the jump in sequence numbers."""
+        while self.offset < self._end:
+            if not self._fill(HEADER.size):
+                self._skip_to_end()  # a few bytes too short for a header: a torn tail
+                return None
+            (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
+            if length <= MAX_RECORD_BYTES:
+                self._fill(HEADER.size + length)
+            found = _valid_at(self._buffer, self._pos)
+            if found is None:
+                self._resync()
+                continue
+            length, seq, kind, accepted_at = found
+            start = self._pos + HEADER.size
+            data = self._buffer[start:start + length]
+            self._advance(HEADER.size + length)
+            return _Found(seq, kind, accepted_at, data)
+        return None
 
     def _advance(self, count: int) -> None:
         self._pos += count
@@ -358,10 +367,8 @@ class Spool:
             reader = _Reader(fd, len(FILE_MAGIC), size)
             last_seq, good_end, good = segment.first_seq - 1, len(FILE_MAGIC), 0
             while (found := reader.next()) is not None:
-                if found is not False:
-                    seq = found[0]  # type: ignore[index]
-                    if seq > last_seq:
-                        last_seq, good_end, good = seq, reader.offset, good + 1
+                if found.seq > last_seq:
+                    last_seq, good_end, good = found.seq, reader.offset, good + 1
             if good_end < size:
                 self._cut_tail(fd, segment, good_end, size, good)
             return last_seq - segment.first_seq + 1, good_end
@@ -684,9 +691,7 @@ class Spool:
             found = reader.next()
             if found is None:
                 break
-            if found is False:
-                continue
-            record_seq, kind, accepted_at, data = found  # type: ignore[misc]
+            record_seq, kind, accepted_at, data = found
             if record_seq < expected:
                 continue  # read before (a scan from the segment's start)
             if record_seq >= end_seq:
@@ -883,8 +888,8 @@ def _first_format(head: bytes) -> bool:
 def _first_accepted_at(fd: int, size: int, seq: int) -> float | None:
     reader = _Reader(fd, len(FILE_MAGIC), size)
     while (found := reader.next()) is not None:
-        if found is not False and found[0] >= seq:  # type: ignore[index]
-            return float(found[2])  # type: ignore[index]
+        if found.seq >= seq:
+            return found.accepted_at
     return None
 
 
@@ -920,8 +925,7 @@ def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
                 if os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC:
                     reader = _Reader(fd, len(FILE_MAGIC), last_size)
                     while (found := reader.next()) is not None:
-                        if found is not False:
-                            last_seq = max(last_seq, found[0])  # type: ignore[index]
+                        last_seq = max(last_seq, found.seq)
                 else:  # the first format: count its whole records
                     data = os.pread(fd, last_size, 0)
                     offset = 0
