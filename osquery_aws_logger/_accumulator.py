@@ -48,6 +48,7 @@ from ._batching import (
     batch_length,
     oversize,
     record_id,
+    result_record,
     result_records,
     with_fields,
 )
@@ -442,20 +443,26 @@ class Accumulator:
         try:
             if kind == KIND_STATUS:
                 records, parsed, expanded = [data], _status_fields(data), False
+            elif self.settings.aws_logger_results_as_events:
+                records, parsed, expanded = result_records(data, as_events=True)
             else:
-                records, parsed, expanded = result_records(
-                    data, as_events=self.settings.aws_logger_results_as_events)
+                record, parsed = result_record(data)
+                records, expanded = [record], False
         except Unshippable as exc:
             self._drop(exc.reason, exc.detail, now)
             return []
         if expanded:
             self.counters.expanded += len(records)
         # The rows of one line share its host, query name and so its key and stream.
-        host = str(parsed.get("hostIdentifier") or "") or self.host_identifier
+        host = parsed.get("hostIdentifier") or self.host_identifier
+        if not isinstance(host, str):
+            host = str(host)
         key = self.service.partition_key(host, self.view)
         room = limits.max_record_bytes - len(key.encode()) - len(limits.record_suffix)
         stream = self.view.route(kind == KIND_STATUS, str(parsed.get("name") or ""))
         ids = self.settings.aws_logger_record_ids
+        if len(records) == 1 and not ids and len(records[0]) <= room:
+            return [(records[0] + limits.record_suffix, key, stream)]  # the usual line
         shaped = []
         for index, plain in enumerate(records):
             record = plain if not ids else with_fields(plain, {"log_id": record_id(

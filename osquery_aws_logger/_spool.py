@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 from ._safefs import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
 
@@ -140,15 +140,6 @@ def _valid_at(buffer: bytes, pos: int) -> tuple[int, int, int, float] | None:
     return length, seq, kind, accepted_at
 
 
-class _Found(NamedTuple):
-    """An intact record as a reader meets it."""
-
-    seq: int
-    kind: int
-    accepted_at: float
-    data: bytes
-
-
 class _Reader:
     """Walks the records of one segment file from a byte offset, resynchronising after damage."""
 
@@ -172,25 +163,31 @@ class _Reader:
         self._pos = 0
         return len(self._buffer) >= need
 
-    def next(self) -> _Found | None:
+    def next(self) -> SpooledRecord | None:
         """The next intact record, or None at the end of the data. Damage is skipped: the
         caller learns how many records it cost from the jump in sequence numbers."""
         while self.offset < self._end:
             if not self._fill(HEADER.size):
                 self._skip_to_end()  # a few bytes too short for a header: a torn tail
                 return None
-            (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
-            if length <= MAX_RECORD_BYTES:
+            buffer, pos = self._buffer, self._pos
+            sync, crc, length, seq, kind, accepted_at = HEADER.unpack_from(buffer, pos)
+            start = pos + HEADER.size
+            end = start + length
+            if end > len(buffer) and length <= MAX_RECORD_BYTES:
                 self._fill(HEADER.size + length)
-            found = _valid_at(self._buffer, self._pos)
-            if found is None:
+                buffer, pos = self._buffer, self._pos
+                start, end = pos + HEADER.size, pos + HEADER.size + length
+            # Checked here rather than by _valid_at: this runs once per record shipped.
+            data = buffer[start:end]
+            if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES or \
+                    len(data) != length or \
+                    zlib.crc32(data, zlib.crc32(buffer[pos + _CHECKED_AT:start])) != crc:
                 self._resync()
                 continue
-            length, seq, kind, accepted_at = found
-            start = self._pos + HEADER.size
-            data = self._buffer[start:start + length]
-            self._advance(HEADER.size + length)
-            return _Found(seq, kind, accepted_at, data)
+            self._pos = end
+            self.offset += end - pos
+            return SpooledRecord(seq, kind, data, accepted_at)
         return None
 
     def _advance(self, count: int) -> None:
@@ -451,10 +448,8 @@ class Spool:
                 self._on_drop("spool_error", 1)
                 return 0
             header = record_header(self._next_seq, kind, data, time.time())
-            parts: list[bytes | memoryview] = \
-                [header + data] if len(data) < _JOIN_BELOW else [header, data]
             try:
-                size = self._write(parts)
+                size = self._write(header + data if len(data) < _JOIN_BELOW else (header, data))
             except OSError as exc:
                 self._write_failed(exc)
                 return 0
@@ -468,9 +463,10 @@ class Spool:
             self._enforce_caps()
             return self._next_seq - self._read_seq
 
-    def _write(self, parts: list[bytes | memoryview]) -> int:
-        """Append one record (in one write, or one writev of its parts); answer its size."""
-        size = sum(len(part) for part in parts)
+    def _write(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
+        """Append one record (in one write, or one writev of header and payload); answer its
+        size."""
+        size = len(record) if isinstance(record, bytes) else len(record[0]) + len(record[1])
         if self._fd < 0 or self._needs_roll():
             try:
                 self._roll()
@@ -479,19 +475,20 @@ class Spool:
                     raise
                 self._roll()
         try:
-            written = self._write_parts(parts)
+            written = self._write_record(record)
         except OSError as exc:
             if exc.errno not in _FULL or not self._free_space():  # make room, try once more
                 raise
-            written = self._write_parts(parts)
+            written = self._write_record(record)
         if written != size:
             # A short write (the disk filled mid-record): cut it off, so the file stays whole.
             os.ftruncate(self._fd, self._segments[-1].size)
             raise OSError(errno.ENOSPC, "No space left on device (short write)")
         return size
 
-    def _write_parts(self, parts: list[bytes | memoryview]) -> int:
-        return os.write(self._fd, parts[0]) if len(parts) == 1 else os.writev(self._fd, parts)
+    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
+        return os.write(self._fd, record) if isinstance(record, bytes) else \
+            os.writev(self._fd, record)
 
     def _free_space(self) -> bool:
         """Give up the oldest waiting segment to make room (counted); False if none can go."""
@@ -691,7 +688,7 @@ class Spool:
             found = reader.next()
             if found is None:
                 break
-            record_seq, kind, accepted_at, data = found
+            record_seq = found.seq
             if record_seq < expected:
                 continue  # read before (a scan from the segment's start)
             if record_seq >= end_seq:
@@ -699,8 +696,8 @@ class Spool:
                 break
             if record_seq > expected:
                 self._lost(segment, expected, record_seq)
-            records.append(SpooledRecord(record_seq, kind, data, accepted_at))
-            taken += len(data)
+            records.append(found)
+            taken += len(found.data)
             expected = record_seq + 1
         else:
             return records, reader.offset, expected
