@@ -46,10 +46,10 @@ from ._batching import (
     Entry,
     Unshippable,
     batch_length,
+    event_records,
     oversize,
     record_id,
     result_record,
-    result_records,
     with_fields,
 )
 from ._counters import PluginCounters
@@ -444,7 +444,7 @@ class Accumulator:
             if kind == KIND_STATUS:
                 records, parsed, expanded = [data], _status_fields(data), False
             elif self.settings.aws_logger_results_as_events:
-                records, parsed, expanded = result_records(data, as_events=True)
+                records, parsed, expanded = event_records(data)
             else:
                 record, parsed = result_record(data)
                 records, expanded = [record], False

@@ -84,15 +84,13 @@ def record_id(parsed: dict[str, object], seq: int, host: str, row: int | None = 
     return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{at}"
 
 
-def result_records(line: bytes, *, as_events: bool) -> tuple[list[bytes], dict[str, Any], bool]:
-    """The records for one result line, the fields they share (the parsed line, or a batch
-    line's legacy fields: name, hostIdentifier, epoch, ...), and whether the line was
-    expanded: with `as_events`, a batch-format line (``diffResults``, or a snapshot run) gives
-    one record per row, exactly the event line osqueryd would have written for it (see
+def event_records(line: bytes) -> tuple[list[bytes], dict[str, Any], bool]:
+    """The records for one result line with aws_logger_results_as_events, the fields they
+    share (the parsed line, or a batch line's legacy fields: name, hostIdentifier, epoch, ...),
+    and whether the line was expanded: a batch-format line (``diffResults``, or a snapshot run)
+    gives one record per row, exactly the event line osqueryd would have written for it (see
     ``_expand``) with ``"log_type": "result"``; any other line gives its one record."""
     record, parsed = result_record(line)
-    if not as_events:
-        return [record], parsed, False
     expanded = expand_json(parsed, _dump)
     if expanded is None:
         return [record], parsed, False

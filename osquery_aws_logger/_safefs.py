@@ -94,27 +94,6 @@ def open_directory(path: Path, *, create: bool, mode: int = 0o700) -> int:
     return fd
 
 
-def open_subdirectory(dir_fd: int, name: str, *, mode: int = 0o700) -> int:
-    """A descriptor of `name` inside `dir_fd`, created with `mode` if missing; never a link."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, mode, dir_fd=dir_fd)
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                raise UnsafePath(f"{name} is a symbolic link; the spool never follows one") \
-                    from None
-        raise exc
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
-            os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def atomic_write(directory: Path | int, name: str, data: bytes, *, mode: int = 0o600) -> None:
     """Replace file `name` in `directory` (a path or a directory descriptor) with `data`.
 
@@ -142,23 +121,6 @@ def atomic_write(directory: Path | int, name: str, data: bytes, *, mode: int = 0
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
-    finally:
-        if own:
-            os.close(dir_fd)
-
-
-def read_file(directory: Path | int, name: str, limit: int = 1 << 20) -> bytes:
-    """The first `limit` bytes of regular file `name` in `directory`, never through a link."""
-    own = not isinstance(directory, int)
-    dir_fd = os.open(directory, DIR_FLAGS) if not isinstance(directory, int) else directory
-    try:
-        fd = os.open(name, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UnsafePath(f"{name} is not a regular file")
-            return os.read(fd, limit)
-        finally:
-            os.close(fd)
     finally:
         if own:
             os.close(dir_fd)

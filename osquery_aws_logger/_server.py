@@ -20,7 +20,6 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 from typing import Any, Final
 
@@ -92,8 +91,7 @@ class Server:
     def __init__(self, path: str, handler: Any) -> None:
         self.path = path
         self._codec = WireCodec(handler, handler.log_line)
-        self._stop = threading.Event()
-        self._stopping = False  # the loop reads this plain flag: an Event costs a call a turn
+        self._stopping = False  # a plain flag: the loop reads it every turn
         self._connections: dict[int, _Connection] = {}
         self._buffered = 0  # bytes of unfinished messages, all connections together
         self._paused: set[_Connection] = set()
@@ -121,7 +119,6 @@ class Server:
 
     def stop(self) -> None:
         """Ask the loop to end; safe from any thread or a signal handler."""
-        self._stop.set()
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_write, b"x")
@@ -231,20 +228,14 @@ class Server:
                 os.close(fd)  # connected and closed at once
                 return
             try:
-                reply, used = self._codec.answer(data)
+                answered = self._answer_message(data)
             except NeedMore:
                 pass  # part of a message: the connection takes it from here
-            except (Malformed, TProtocolException, TTransportException, EOFError,
-                    struct.error) as exc:
-                log.warning("closed a connection: a malformed Thrift message (%s)",
-                            type(exc).__name__)
-                os.close(fd)
-                return
-            except Exception:  # a bug answering must not end the server: say where it is
-                log.exception("could not answer a message; connection closed")
-                os.close(fd)
-                return
             else:
+                if answered is None:
+                    os.close(fd)
+                    return
+                reply, used = answered
                 if used == len(data):
                     try:
                         written = os.write(fd, reply)
@@ -270,35 +261,34 @@ class Server:
             return
         connection.buffer = data
         self._buffered += len(data)
-        if self._answer(connection, now) and connection.fd >= 0 and not connection.outgoing:
-            self._epoll.register(fd, _READ if not connection.paused else 0)
+        if self._answer(connection, now) and not connection.outgoing:
+            self._epoll.register(fd, _READ)
 
     def _connection(self, fd: int, now: float) -> _Connection:
         connection = self._connections[fd] = _Connection(fd, now)
         return connection
 
-    def _receive(self, connection: _Connection, now: float, *, first: bool = False) -> bool:
+    def _receive(self, connection: _Connection, now: float) -> None:
         """Read once and answer what is whole: one read per wake-up, so a fast peer (a big
         message, or calls sent back to back) cannot keep the loop from the others; epoll says
-        when there is more. Answers True when the connection waits for more and is not yet
-        watched (only on the read right after accept)."""
+        when there is more."""
         scanner = connection.scanner
         size = self.READ_BYTES
         if scanner is not None:
             if self._buffered >= self.BUFFER_BUDGET_BYTES:
-                self._pause(connection, first=first)
-                return first
+                self._pause(connection)
+                return
             size = max(size, min(self.BIG_READ_BYTES, scanner.need - len(connection.buffer)))
         try:
             data = os.read(connection.fd, size)
         except _RETRY:
-            return first
+            return
         except OSError:
             self._close(connection)
-            return False
+            return
         if not data:
             self._close(connection)  # the peer closed, as osqueryd does after every call
-            return False
+            return
         connection.last_progress = now
         if connection.buffer:
             if not isinstance(connection.buffer, bytearray):
@@ -308,15 +298,12 @@ class Server:
             connection.buffer = data
             connection.started = now
         self._buffered += len(data)
-        if not self._answer(connection, now):
-            return False
-        return first and connection.fd >= 0 and not connection.outgoing
+        self._answer(connection, now)
 
-    def _pause(self, connection: _Connection, *, first: bool) -> None:
+    def _pause(self, connection: _Connection) -> None:
         connection.paused = True
         self._paused.add(connection)
-        if not first:
-            self._epoll.modify(connection.fd, 0)
+        self._epoll.modify(connection.fd, 0)
 
     def _resume_paused(self) -> None:
         """Big messages may be read again once the budget has room."""
@@ -342,7 +329,7 @@ class Server:
                 if end is None:
                     return True
             try:
-                reply, used = self._codec.answer(buffer)
+                answered = self._answer_message(buffer)
             except NeedMore:
                 if connection.scanner is not None:
                     # The scanner said the message is whole: the parser disagrees.
@@ -353,16 +340,10 @@ class Server:
                 # parsed once and not again after every read.
                 connection.scanner = MessageScanner(self.MAX_MESSAGE_BYTES)
                 continue
-            except (Malformed, TProtocolException, TTransportException, EOFError,
-                    struct.error) as exc:
-                log.warning("closed a connection: a malformed Thrift message (%s)",
-                            type(exc).__name__)
+            if answered is None:
                 self._close(connection)
                 return False
-            except Exception:  # a bug answering must not end the server: say where it is
-                log.exception("could not answer a message; connection closed")
-                self._close(connection)
-                return False
+            reply, used = answered
             big = used >= self.BIG_MESSAGE_BYTES
             connection.scanner = None
             connection.started = now
@@ -378,6 +359,22 @@ class Server:
             self._close(connection)  # every call answered: see the class's docstring
             return False
         return True
+
+    def _answer_message(self, data: bytes | bytearray) -> tuple[bytes, int] | None:
+        """The reply to the first message in `data` and its length; None (logged) when the
+        connection must close: a malformed message, or a bug answering it, which must not end
+        the server. Raises NeedMore for part of a message."""
+        try:
+            return self._codec.answer(data)
+        except NeedMore:
+            raise
+        except (Malformed, TProtocolException, TTransportException, EOFError,
+                struct.error) as exc:
+            log.warning("closed a connection: a malformed Thrift message (%s)",
+                        type(exc).__name__)
+        except Exception:
+            log.exception("could not answer a message; connection closed")
+        return None
 
     def _write(self, connection: _Connection, reply: bytes) -> bool:
         if connection.outgoing:

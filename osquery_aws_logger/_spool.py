@@ -125,19 +125,20 @@ def encode_record(seq: int, kind: int, data: bytes, accepted_at: float) -> bytes
 _JOIN_BELOW: Final = 64 << 10
 
 
-def _valid_at(buffer: bytes, pos: int) -> tuple[int, int, int, float] | None:
-    """(length, seq, kind, accepted_at) of an intact record at `pos` of `buffer`, or None
-    (damaged, or not all of it in the buffer)."""
+def _record_at(buffer: bytes, pos: int) -> SpooledRecord | None:
+    """The intact record at `pos` of `buffer`, or None (damaged, or not all of it in the
+    buffer)."""
     if len(buffer) - pos < HEADER.size:
         return None
     sync, crc, length, seq, kind, accepted_at = HEADER.unpack_from(buffer, pos)
-    end = pos + HEADER.size + length
-    if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES or end > len(buffer):
+    if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES:
         return None
-    if zlib.crc32(buffer[pos + HEADER.size:end],
-                  zlib.crc32(buffer[pos + _CHECKED_AT:pos + HEADER.size])) != crc:
+    start = pos + HEADER.size
+    data = buffer[start:start + length]  # sliced once: checked, then handed out
+    if len(data) != length or \
+            zlib.crc32(data, zlib.crc32(buffer[pos + _CHECKED_AT:start])) != crc:
         return None
-    return length, seq, kind, accepted_at
+    return SpooledRecord(seq, kind, data, accepted_at)
 
 
 class _Reader:
@@ -163,31 +164,34 @@ class _Reader:
         self._pos = 0
         return len(self._buffer) >= need
 
+    def _load(self) -> bool:
+        """Buffer the record that starts at pos, as much of it as its header says there is;
+        False when not even a header is left."""
+        if not self._fill(HEADER.size):
+            return False
+        (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
+        if length <= MAX_RECORD_BYTES:
+            self._fill(HEADER.size + length)
+        return True
+
     def next(self) -> SpooledRecord | None:
         """The next intact record, or None at the end of the data. Damage is skipped: the
         caller learns how many records it cost from the jump in sequence numbers."""
         while self.offset < self._end:
-            if not self._fill(HEADER.size):
-                self._skip_to_end()  # a few bytes too short for a header: a torn tail
-                return None
-            buffer, pos = self._buffer, self._pos
-            sync, crc, length, seq, kind, accepted_at = HEADER.unpack_from(buffer, pos)
-            start = pos + HEADER.size
-            end = start + length
-            if end > len(buffer) and length <= MAX_RECORD_BYTES:
-                self._fill(HEADER.size + length)
-                buffer, pos = self._buffer, self._pos
-                start, end = pos + HEADER.size, pos + HEADER.size + length
-            # Checked here rather than by _valid_at: this runs once per record shipped.
-            data = buffer[start:end]
-            if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES or \
-                    len(data) != length or \
-                    zlib.crc32(data, zlib.crc32(buffer[pos + _CHECKED_AT:start])) != crc:
-                self._resync()
-                continue
-            self._pos = end
-            self.offset += end - pos
-            return SpooledRecord(seq, kind, data, accepted_at)
+            # The usual case first, without a call: the whole record already buffered.
+            found = _record_at(self._buffer, self._pos)
+            if found is None:
+                if not self._load():
+                    self._skip_to_end()  # a few bytes too short for a header: a torn tail
+                    return None
+                found = _record_at(self._buffer, self._pos)
+                if found is None:
+                    self._resync()
+                    continue
+            size = HEADER.size + len(found.data)
+            self._pos += size
+            self.offset += size
+            return found
         return None
 
     def _advance(self, count: int) -> None:
@@ -212,12 +216,7 @@ class _Reader:
                     return
                 continue
             self._advance(at - self._pos)
-            self._fill(HEADER.size)
-            if len(self._buffer) - self._pos >= HEADER.size:
-                (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
-                if length <= MAX_RECORD_BYTES:
-                    self._fill(HEADER.size + length)
-            if _valid_at(self._buffer, self._pos) is not None:
+            if self._load() and _record_at(self._buffer, self._pos) is not None:
                 return
             self._advance(1)
 
@@ -295,9 +294,7 @@ class Spool:
 
     def _recover(self) -> None:
         self._acked = self._acked_on_disk = self._read_acked()
-        names = sorted(n for n in os.listdir(self._dir_fd) if n.endswith(SEGMENT_SUFFIX)
-                       and n[:-len(SEGMENT_SUFFIX)].isdigit())
-        firsts = [int(n[:-len(SEGMENT_SUFFIX)]) for n in names]
+        firsts = _segment_firsts(self._dir_fd)
         self._segments, self._bytes = [], 0
         for index, first in enumerate(firsts):
             name = _segment_name(first)
@@ -321,22 +318,11 @@ class Spool:
 
     def _read_acked(self) -> int:
         try:
-            fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return 0
+            return _acked_in(self._dir_fd)
         except OSError as exc:  # a link planted in its place (ELOOP): never read through it
             log.warning("spool %s: ignored the %s file: %s", self.directory, ACKED_FILE,
                         exc.strerror or exc)
             return 0
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                log.warning("spool %s: ignored %s: not a regular file", self.directory, ACKED_FILE)
-                return 0
-            return int(os.read(fd, 64).decode().strip() or 0)
-        except ValueError:
-            return 0
-        finally:
-            os.close(fd)
 
     def _open_segment(self, name: str, flags: int) -> int:
         return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
@@ -872,6 +858,30 @@ class Spool:
                 self._dir_fd = -1
 
 
+def _acked_in(dir_fd: int) -> int:
+    """The highest sequence number delivered, as the directory's `acked` file says (0 if it
+    has none, or none that reads as a number). Raises OSError for anything but a regular
+    file there (a planted link: never read through it)."""
+    try:
+        fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePath(f"{ACKED_FILE} is not a regular file")
+        return int(os.read(fd, 64).decode().strip() or 0)
+    except ValueError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _segment_firsts(dir_fd: int) -> list[int]:
+    """The first sequence numbers of the directory's segment files, in order."""
+    return sorted(int(name[:-len(SEGMENT_SUFFIX)]) for name in os.listdir(dir_fd)
+                  if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit())
+
+
 def _first_format(head: bytes) -> bool:
     """Whether a segment that lacks the magic starts with an intact record of the first
     format (only such a file is rewritten; damage alone never is)."""
@@ -899,18 +909,14 @@ def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
         return 0, 0, None
     try:
         acked = 0
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
-            try:
-                acked = int(os.read(fd, 64).decode().strip() or 0)
-            finally:
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            acked = _acked_in(dir_fd)
         segments = []
-        for name in sorted(os.listdir(dir_fd)):
-            if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit():
-                with contextlib.suppress(OSError):
-                    segments.append((int(name[:-len(SEGMENT_SUFFIX)]), name,
-                                     os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
+        for first in _segment_firsts(dir_fd):
+            name = _segment_name(first)
+            with contextlib.suppress(OSError):
+                segments.append((first, name,
+                                 os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
         if not segments:
             return 0, 0, None
         size = sum(s for _, _, s in segments)
