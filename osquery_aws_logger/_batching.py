@@ -6,11 +6,9 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import orjson
-
-from ._expand import expand_json
+from ._scan import Unshippable, loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +50,6 @@ class Entry:
         return len(self.data) + len(self.partition_key.encode())
 
 
-class Unshippable(ValueError):
-    """A spooled line that can never be sent; `reason` is a drop reason of the counters."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
 RESULT_PREFIX: Final = b'{"log_type":"result",'
 
 
@@ -84,27 +73,6 @@ def record_id(parsed: dict[str, object], seq: int, host: str, row: int | None = 
     return f"{host}:{name}:{parsed.get('epoch', 0)}:{parsed.get('counter', 0)}:{at}"
 
 
-def event_records(line: bytes) -> tuple[list[bytes], dict[str, Any], bool]:
-    """The records for one result line with aws_logger_results_as_events, the fields they
-    share (the parsed line, or a batch line's legacy fields: name, hostIdentifier, epoch, ...),
-    and whether the line was expanded: a batch-format line (``diffResults``, or a snapshot run)
-    gives one record per row, exactly the event line osqueryd would have written for it (see
-    ``_expand``) with ``"log_type": "result"``; any other line gives its one record."""
-    record, parsed = result_record(line)
-    expanded = expand_json(parsed, _dump)
-    if expanded is None:
-        return [record], parsed, False
-    events, legacy = expanded
-    return [RESULT_PREFIX + event[1:] for event in events], legacy, True
-
-
-def _dump(document: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(document)
-    except TypeError:  # an integer past 64 bits, read by json: json writes it back as it was
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     """The record for one osquery result line: the line with ``"log_type": "result"`` added.
 
@@ -112,12 +80,9 @@ def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     own AWS loggers re-serialise through a tree that turns numbers into strings). Returns the
     record and the parsed line (for its host identifier and query name).
     """
-    try:
-        # orjson parses a line in a fifth of json's time (and checks UTF-8 as it goes); what it
-        # refuses but json takes (integers past 64 bits, NaN) still goes through json.
-        parsed = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        parsed = _parse_strictly(line)
+    # orjson parses a line in a fifth of json's time (and checks UTF-8 as it goes); what it
+    # refuses but json takes (integers past 64 bits, lone surrogates) still goes through json.
+    parsed = loads(line)
     if not isinstance(parsed, dict):
         raise Unshippable("not_json", f"a JSON {type(parsed).__name__}, not an object")
     if "log_type" in parsed:
@@ -127,17 +92,6 @@ def result_record(line: bytes) -> tuple[bytes, dict[str, object]]:
     if not parsed:
         return b'{"log_type":"result"}', parsed
     return RESULT_PREFIX + body[1:], parsed
-
-
-def _parse_strictly(line: bytes) -> object:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Unshippable("invalid_utf8", f"byte {exc.start}") from None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise Unshippable("not_json", f"{type(exc).__name__} at char {getattr(exc, 'pos', '?')}") from None
 
 
 def status_record(entry: dict[str, object], version: str) -> bytes:
@@ -160,12 +114,22 @@ def status_record(entry: dict[str, object], version: str) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
+def safe_text(text: str) -> str:
+    """`text` with any lone surrogate (a JSON escape like \\ud800 that names no character)
+    replaced by U+FFFD, so it encodes as UTF-8: a partition key must."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 def partition_key(host_identifier: str, *, random_key: bool) -> str:
     """The Kinesis partition key: the host identifier, or a random one per record."""
     if random_key or not host_identifier:
         return f"{random.getrandbits(128):032x}"
-    # Kinesis allows 1-256 Unicode characters.
-    return host_identifier[:256]
+    # Kinesis allows 1-256 Unicode characters, and they must encode as UTF-8.
+    return safe_text(host_identifier[:256])
 
 
 def oversize(entry: Entry, limits: ServiceLimits) -> bool:

@@ -19,6 +19,7 @@ DROP_REASONS: Final = (
     "spool_error",  # the spool could not be written (disk full, permissions, unusable path)
     "disk_full",  # the filesystem was (nearly) full: the oldest waiting segment went early
     "corrupt",  # a spooled record failed its checksum when read back
+    "malformed",  # a line that parsed but could not be shaped (an unexpected error, logged)
 )
 
 
@@ -26,8 +27,9 @@ DROP_REASONS: Final = (
 class PluginCounters:
     """Counters of one logger plugin. Integers only grow; `state` says how shipping goes now."""
 
-    accepted: int = 0  # lines (calls) from osqueryd
-    delivered: int = 0  # rows AWS accepted: with aws_logger_results_as_events, a line's rows
+    accepted: int = 0  # lines (log calls, status entries) from osqueryd
+    accepted_rows: int = 0  # rows in them: a batch-format line's rows, else one per line
+    delivered: int = 0  # rows AWS accepted (every count below is in rows too)
     expanded: int = 0  # rows made from batch-format lines (aws_logger_results_as_events)
     retried: int = 0
     throttled: int = 0
@@ -39,10 +41,10 @@ class PluginCounters:
     last_error_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def drop(self, reason: str, count: int = 1) -> None:
+    def drop(self, reason: str, rows: int = 1) -> None:
         # Drops are counted from both the thrift thread (spool caps) and the flusher.
         with self._lock:
-            self.dropped[reason] += count
+            self.dropped[reason] += rows
 
     def record_error(self, message: str) -> None:
         # The one place errors are recorded: whatever a service said, no secret is kept.
@@ -54,6 +56,7 @@ class PluginCounters:
             dropped = dict(self.dropped)
         return {
             "accepted": self.accepted,
+            "accepted_rows": self.accepted_rows,
             "delivered": self.delivered,
             "expanded": self.expanded,
             "retried": self.retried,

@@ -17,7 +17,6 @@ flusher reads it, so the Thrift side stays O(1) per line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final
 
 #: Keys of a batch line that carry its rows rather than the fields every event repeats.
@@ -55,24 +54,4 @@ def expand(line: dict[str, Any]) -> list[dict[str, Any]] | None:
     return events
 
 
-def expand_json(line: dict[str, Any], dumps: Callable[[Any], bytes]
-                ) -> tuple[list[bytes], dict[str, Any]] | None:
-    """`expand`, as JSON text: each event's bytes (as `dumps` writes the object `expand` makes,
-    key order kept), and the legacy fields every event shares; None when not batch format.
-
-    The shared fields are written once per line and each row once, so a row costs one small
-    `dumps` and a join instead of a copy of the legacy fields and a whole event's encoding.
-    """
-    actions = batch_rows(line)
-    if actions is None:
-        return None
-    legacy = {key: value for key, value in line.items() if key not in _ROW_KEYS}
-    head = dumps(legacy)[:-1] + (b',"columns":' if legacy else b'"columns":')
-    events: list[bytes] = []
-    for action, rows in actions:
-        tail = b',"action":' + dumps(action) + b"}"
-        events.extend(head + dumps(row) + tail for row in rows)
-    return events, legacy
-
-
-__all__ = ["batch_rows", "expand", "expand_json"]
+__all__ = ["batch_rows", "expand"]

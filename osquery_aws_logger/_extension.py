@@ -29,10 +29,13 @@ from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
 from ._logs import note_settings
 from ._manager import EXTENSION_NAME, ManagerClient
+from ._router import ROUTED_DIR, migrate_line
+from ._scan import count_rows
 from ._server import Server, tune_memory
 from ._service import SERVICES
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
-from ._spool import KIND_RESULT, KIND_STATUS, Spool
+from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup
+from ._spooldirs import SpoolDirectories
 from ._status import TABLE_NAME, StatusTable
 from ._wire import OK_RESPONSE, response
 
@@ -73,9 +76,10 @@ class LoggerPlugin:
     def forwards_status(self) -> bool:
         return not (self.service == "kinesis" and self.settings().aws_kinesis_disable_log_status)
 
-    def _spool(self, kind: int, data: bytes | memoryview) -> None:
+    def _spool(self, kind: int, data: bytes | memoryview, rows: int = 1) -> None:
         self.counters.accepted += 1
-        waiting = self.spool.append(kind, data)
+        self.counters.accepted_rows += rows
+        waiting = self.spool.append(kind, data, rows=rows)
         if waiting and waiting % self.batch_records == 0:
             # Each full batch wakes the flusher once; waking it per line past the first batch
             # would cost a loop turn per line while it is backing off.
@@ -84,7 +88,9 @@ class LoggerPlugin:
     def log_bytes(self, line: bytes | memoryview) -> None:
         """A result or snapshot line as osqueryd sent it: spool it and return."""
         try:
-            self._spool(KIND_RESULT, line)
+            # Counted now, in rows, so whatever becomes of the line (a cap, a full disk) is
+            # counted in rows too, read or not.
+            self._spool(KIND_RESULT, line, count_rows(line))
         except Exception:
             self.counters.drop("spool_error")
             log.exception("%s: could not spool a line", self.name)
@@ -99,6 +105,7 @@ class LoggerPlugin:
             entries = json.loads(text)
         except ValueError:
             self.counters.accepted += 1
+            self.counters.accepted_rows += 1
             self.counters.drop("not_json")
             log.warning("%s: a status log batch was not JSON; dropped", self.name)
             return
@@ -112,6 +119,7 @@ class LoggerPlugin:
                 self._spool(KIND_STATUS, status_record(entry, version))
             else:
                 self.counters.accepted += 1
+                self.counters.accepted_rows += 1
                 self.counters.drop("not_json")
 
     def handle(self, request: Mapping[str, str]) -> Any:
@@ -214,6 +222,8 @@ class LoggerExtension:
         self.flusher: Flusher | None = None
         self.server: Server | None = None
         self.uuid = 0
+        self._directories = SpoolDirectories(Path(args.socket).parent)
+        self._earlier: list[Path] = []
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -253,14 +263,18 @@ class LoggerExtension:
         host = local_host_identifier()
         channels = []
         suffix = self.settings.aws_logger_plugin_suffix
+        group = SpoolGroup()
+        root = Path(self.settings.aws_logger_spool_dir)
+        self._directories = SpoolDirectories(Path(self.args.socket).parent)
+        self._earlier = [d for d in self._directories.read() if d != root]
         for service, name in plugin_names("").items():
-            directory = Path(self.settings.aws_logger_spool_dir) / service
             counters = PluginCounters()
-            spool = Spool(directory, max_records=self.settings.buffered_log_max,
-                          max_bytes=self.settings.aws_logger_spool_max_bytes,
-                          on_drop=counters.drop)
+            spool = self._spool(root / service, counters, group, releasable=False)
+            earlier = tuple(self._earlier_spools(service, counters, group))
             channels.append(Accumulator(name, SERVICES[service], spool, counters, self.settings,
-                                        host_identifier=host, now=time.monotonic()))
+                                        host_identifier=host, now=time.monotonic(),
+                                        earlier=earlier))
+        self._tell_earlier(channels)
         self.flusher = Flusher(channels, self.settings, problems=self.problems)
         try:
             names = self._register(suffix)
@@ -281,6 +295,43 @@ class LoggerExtension:
                  EXTENSION_NAME, __version__, self.uuid, ", ".join(names.values()),
                  self.server.path)
         return 0
+
+    def _spool(self, directory: Path, counters: PluginCounters, group: SpoolGroup, *,
+               releasable: bool) -> Spool:
+        return Spool(directory, max_records=self.settings.buffered_log_max,
+                     max_bytes=self.settings.aws_logger_spool_max_bytes, on_drop=counters.drop,
+                     group=group, releasable=releasable, migrate=migrate_line)
+
+    def _earlier_spools(self, service: str, counters: PluginCounters,
+                        group: SpoolGroup) -> list[Spool]:
+        """This plugin's spools in earlier spool directories that still hold rows."""
+        found = []
+        for root in self._earlier:
+            directory = root / service
+            if not directory.is_dir() or directory.is_symlink():
+                continue
+            spool = self._spool(directory, counters, group, releasable=True)
+            if spool.depth()[0] or spool.children(ROUTED_DIR):
+                found.append(spool)
+            else:
+                spool.close()
+        return found
+
+    def _tell_earlier(self, channels: list[Accumulator]) -> None:
+        """Say once, loudly, where rows were left by an earlier aws_logger_spool_dir and that
+        they are being drained; keep the list of directories for the next start."""
+        waiting: dict[str, int] = {}
+        for channel in channels:
+            channel.publish(figures=True)
+            for directory, rows in channel.published.figures.draining:
+                waiting[directory] = waiting.get(directory, 0) + rows
+        for directory, rows in waiting.items():
+            log.warning("aws_logger_spool_dir changed: %d rows wait in the earlier spool "
+                        "directory %s; delivering them first through the current settings "
+                        "(`osquery-aws-logger status` shows them under draining)", rows,
+                        directory)
+        root = Path(self.settings.aws_logger_spool_dir)
+        self._directories.write([root, *(Path(d) for d in waiting)])
 
     def _register(self, suffix: str) -> dict[str, str]:
         names = plugin_names(suffix)
@@ -353,6 +404,9 @@ class LoggerExtension:
         if dropped:
             parts.append(f"{sum(dropped.values())} dropped since start ("
                          + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) + ")")
+        still = {d for c in self.flusher.accumulators for d, _ in c.published.figures.draining}
+        self._directories.write([Path(self.settings.aws_logger_spool_dir),
+                                 *(Path(d) for d in still)])
         unusable = [c.intake.problem for c in self.flusher.accumulators if c.intake.problem]
         if unusable:
             parts.append("; ".join(unusable))

@@ -34,6 +34,10 @@ MAX_UNUSABLE_RECHECK: Final = 60.0
 STATE_INTERVAL_SECONDS: Final = 5.0
 #: How often a line of counters is logged while something waits or fails.
 REPORT_INTERVAL_SECONDS: Final = 60.0
+#: How long a plugin rests after an unexpected error before it is tried again.
+RECOVER_PAUSE_SECONDS: Final = 1.0
+#: How often the spools' room on their filesystems is checked.
+HEADROOM_SECONDS: Final = 1.0
 
 
 class Sender:
@@ -94,6 +98,7 @@ class Flusher:
         self._thread = threading.Thread(target=self._run, name="aws-logger-flusher", daemon=True)
         self._next_report = time.monotonic() + REPORT_INTERVAL_SECONDS
         self._next_state = 0.0
+        self._next_headroom = 0.0
         self._lock = threading.Lock()
         self._metrics = MetricsFile()
 
@@ -115,6 +120,8 @@ class Flusher:
         self._wake.set()
         self._thread.join(timeout + 0.5)
         drained = not self._thread.is_alive() and not any(a.waiting() for a in self.accumulators)
+        for accumulator in self.accumulators:
+            accumulator.publish(figures=True)
         self.write_states()
         for accumulator in self.accumulators:
             accumulator.close()
@@ -178,10 +185,20 @@ class Flusher:
                 self._recheck_at[key] = now + min(accumulator.view.period, MAX_UNUSABLE_RECHECK)
                 continue
             before = accumulator.counters.state
-            ready = accumulator.ready(now, draining=draining)
-            for batch in ready.batches:
-                self.sender.send(accumulator, batch, now)
-                sent = True
+            try:
+                ready = accumulator.ready(now, draining=draining)
+                for batch in ready.batches:
+                    self.sender.send(accumulator, batch, now)
+                    sent = True
+            except Exception:
+                # A bug must cost neither rows nor the other plugin: what this one had read is
+                # read again from its last acknowledgement (maybe twice, never lost), after a
+                # pause so a fault that repeats does not spin.
+                log.exception("%s: unexpected error; reading again from the last "
+                              "acknowledged record", accumulator.plugin)
+                accumulator.recover(now)
+                self._recheck_at[key] = now + RECOVER_PAUSE_SECONDS
+                continue
             wake = min(wake, ready.wake_at)
             if accumulator.counters.state != before:
                 # A change of health is on disk at once, for `status` after a crash.
@@ -197,7 +214,13 @@ class Flusher:
             return True
         for accumulator in self.accumulators:
             accumulator.sync()
+        if now >= self._next_headroom:
+            self._next_headroom = now + HEADROOM_SECONDS
+            for group in {id(a.intake.group): a.intake.group for a in self.accumulators}.values():
+                group.keep_headroom()
         sent, wake = self.turn(now, draining=stopping)
+        for accumulator in self.accumulators:
+            accumulator.publish(figures=True, now=now)
         self._report(now)
         if sent:
             return False  # go round again at once: more may be due (draining a backlog)
@@ -211,7 +234,8 @@ class Flusher:
         return any(a.waiting() and not self._problem(a) for a in self.accumulators)
 
     def rows(self) -> list[dict[str, Any]]:
-        """The aws_logger_status rows: read by the thrift side, never touching the network."""
+        """The aws_logger_status rows: read by the thrift side from what the flusher published,
+        never touching the network or a spool's files."""
         clients = self.sender.clients
         rows = []
         for accumulator in self.accumulators:
@@ -223,9 +247,6 @@ class Flusher:
                 credential_expires=(clients.expires_at or 0) if clients else 0)
             if self._problem(accumulator):
                 row["state"] = "disabled"
-            problem = accumulator.intake.problem
-            if problem:
-                row["last_error"] = problem
             rows.append(row)
         return rows
 
@@ -243,13 +264,14 @@ class Flusher:
             return
         self._next_report = now + REPORT_INTERVAL_SECONDS
         for accumulator in self.accumulators:
-            records, size = accumulator.depth()
+            figures = accumulator.published.figures
             c = accumulator.counters
-            if records or c.state != "ok":
-                log.info("%s: %s; waiting %d records (%d bytes); accepted %d delivered %d "
-                         "retried %d throttled %d dropped %s", accumulator.plugin, c.state,
-                         records, size, c.accepted, c.delivered, c.retried, c.throttled,
-                         {k: v for k, v in c.dropped.items() if v} or 0)
+            if figures.records or c.state != "ok":
+                log.info("%s: %s; waiting %d records, %d rows (%d bytes); accepted %d lines, "
+                         "%d rows; delivered %d retried %d throttled %d dropped %s",
+                         accumulator.plugin, c.state, figures.records, figures.rows,
+                         figures.bytes, c.accepted, c.accepted_rows, c.delivered, c.retried,
+                         c.throttled, {k: v for k, v in c.dropped.items() if v} or 0)
 
 
 def local_host_identifier() -> str:

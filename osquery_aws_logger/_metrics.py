@@ -13,14 +13,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
+from ._health import STATES
 from ._redact import redact
 from ._safefs import atomic_write
 
 log = logging.getLogger("osquery_aws_logger.metrics")
 
 PREFIX: Final = "osquery_aws_logger_"
-#: The plugin states, each a 0/1 series, so a dashboard can alert on state="failing".
-STATES: Final = ("ok", "retrying", "throttled", "failing", "disabled")
 
 #: (metric, type, help, row column) for the figures that are one number per plugin.
 SERIES: Final[tuple[tuple[str, str, str, str], ...]] = (

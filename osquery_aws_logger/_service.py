@@ -64,12 +64,6 @@ class Service:
         """This service's options, typed."""
         return self._view(settings)
 
-    def partition_key(self, host: str, view: ServiceSettings) -> str:
-        """The record's partition key ("" for a service without one)."""
-        if not self.limits.uses_partition_key:
-            return ""
-        return partition_key(host, random_key=view.random_partition_key)
-
     def builder(self, view: ServiceSettings, key: str) -> Builder | None:
         """An empty record to gather many rows in, or None when rows go one per record."""
         if not view.many_rows_per_record:

@@ -5,26 +5,25 @@ and a record here costs one ``os.write`` of header and payload (no transaction, 
 page rewrite). The kernel holds the bytes once ``write`` returns, so a ``kill -9`` of the
 extension or a restart of osqueryd loses nothing; the flusher thread ``fdatasync``s the segment
 being written at most ``sync_interval`` seconds (1 s) after a write, which bounds what a power
-loss can take. Delivery order is the file order, so no index is needed: a record is identified
-by its sequence number, a segment file is named after the sequence number of its first record,
-and the ``acked`` file holds the highest sequence number delivered. Segments wholly delivered
-are deleted. Past the record cap the oldest waiting records are given up (counted); past the
-byte cap, or when the filesystem is nearly full, the oldest whole segment is.
+loss can take. Delivery order is the file order, so no index is needed: records are numbered
+(``seq``) and so are the rows they hold (``row``); a segment file is named after the numbers of
+its first record (``<seq>-<row>.seg``), the ledger (``_ledger``) holds the last record
+delivered, and segments wholly delivered are deleted. The record format and its reader are in
+``_record``.
 
-Segment layout: the 8-byte file magic ``OQSPOOL2``, then records, each
-``<sync 4s><crc32 u32><length u32><seq u64><kind u8><accepted_at f64>`` and ``length`` bytes;
-the checksum covers everything after itself. The sync marker and the sequence number make
-damage cost only the records it touches: a reader that meets a bad record searches forward for
-the next sync marker whose record checks out, and the jump in sequence numbers says exactly
-how many records were lost, which are counted (``corrupt``) and logged once with the file.
-Segments of the first format (no magic, no sync, no sequence numbers) are rewritten once, at
-start, in this one.
+Counting is in rows: a batch-format line holds many. Whatever is given up is counted by the
+rows it held, read or not: past the record cap the oldest waiting records go; past the byte cap,
+or when the filesystem is nearly full, the oldest whole segment does (the oldest across every
+spool of the group on that filesystem, so two plugins share the room fairly); damage costs the
+records it touches (``corrupt``).
 
 Nothing here follows a symlink: the directory is opened with ``O_NOFOLLOW`` after its
 ancestors are checked as osquery checks extension paths, and every file is opened relative to
 that descriptor (``_safefs``). No spool problem raises into the thrift side or ends the
 process: a spool that cannot be set up counts each line as dropped (``spool_error``), says
-why in ``problem``, and is set up again by the flusher's next ``sync`` after a pause.
+why in ``problem``, and is set up again by the flusher's next ``sync`` after a pause. A spool
+that is not in use can let go of its descriptors (`release`) and takes them again when next
+used, so thousands of routed destinations fit a process limit of 1,024 descriptors.
 """
 
 from __future__ import annotations
@@ -33,235 +32,276 @@ import contextlib
 import errno
 import logging
 import os
-import stat
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ._ledger import LEDGER_FILE, Ledger
+from ._record import (
+    FILE_MAGIC,
+    HEADER,
+    KIND_MAX,
+    KIND_RESULT,
+    KIND_STATUS,
+    MAX_RECORD_BYTES,
+    SYNC,
+    Reader,
+    SpooledRecord,
+    encode_record,
+    record_header,
+)
 from ._safefs import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
 
 log = logging.getLogger("osquery_aws_logger.spool")
 
-FILE_MAGIC: Final = b"OQSPOOL2"
-SYNC: Final = b"\xa7\x1eQ\xd3"
-HEADER: Final = struct.Struct("<4sIIQBd")
-#: The part of the header the checksum covers (with the payload): length, seq, kind, time.
-_CHECKED_AT: Final = 8
-_LENGTH: Final = struct.Struct("<I")
 SEGMENT_SUFFIX: Final = ".seg"
-ACKED_FILE: Final = "acked"
-
-#: Kinds of spooled record.
-KIND_RESULT: Final = 0  # a result or snapshot line exactly as osqueryd sent it
-KIND_STATUS: Final = 1  # a finished status record (JSON with log_type "status")
-KIND_MAX: Final = KIND_STATUS
-
-#: Largest record the spool takes; anything bigger exceeds every service limit anyway and is
-#: dropped as oversize by the flusher, but we keep it bounded so a bad line cannot fill memory.
-MAX_RECORD_BYTES: Final = 16 << 20
-READ_CHUNK: Final = 1 << 20
 #: Seconds between attempts to set up a spool that could not be (permissions, a bad path).
 REOPEN_SECONDS: Final = 10.0
 #: Keep this much of the filesystem free (or 5 % of it, if less): below it the oldest waiting
-#: segment goes early, so the newest lines and the acked file can still be written.
+#: segment goes early, so the newest lines and the ledger can still be written.
 HEADROOM_BYTES: Final = 32 << 20
 HEADROOM_SHARE: Final = 0.05
 #: At most one line per this many seconds about failing writes.
 ERROR_LOG_SECONDS: Final = 10.0
 #: The errors of a full filesystem (or of a full quota).
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Past this size a record's header and payload are written with one writev, not joined
+#: first: a multi-MB line is not copied again on its way to disk.
+_JOIN_BELOW: Final = 64 << 10
 
-# The first format, read only to migrate it: <length u32><crc32 u32><kind u8><accepted_at f64>.
-_V1_HEADER: Final = struct.Struct("<IIBd")
+# The previous format (OQSPOOL2), read only to migrate it: no row numbers, no key field, and
+# the acknowledged position in a text file.
+_V2_MAGIC: Final = b"OQSPOOL2"
+_V2_SYNC: Final = b"\xa7\x1eQ\xd3"
+_V2_HEADER: Final = struct.Struct("<4sIIQBd")
+_V2_ACKED: Final = "acked"
+
+DropCallback = Callable[[str, int], None]
+#: What a record of the previous format becomes: (payload, partition key, rows).
+Migration = Callable[[int, bytes], tuple[bytes, str, int]]
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledRecord:
-    """One record read back from the spool."""
-
-    seq: int
-    kind: int
-    data: bytes
-    accepted_at: float
+def _plain(kind: int, data: bytes) -> tuple[bytes, str, int]:
+    return data, "", 1
 
 
 @dataclass(slots=True)
 class _Segment:
     first_seq: int
-    name: str
+    first_row: int
     count: int = 0
     size: int = 0  # bytes in the file, magic and headers included
+    first_at: float = 0.0  # when its first record was accepted (0: none yet)
+    #: Rows of each record, when they are not all one; None with `indexed` means all one.
+    counts: array[int] | None = None
+    #: False for a closed segment found at start: its records' rows are read when needed.
+    indexed: bool = True
 
     @property
     def end_seq(self) -> int:
         return self.first_seq + self.count
 
-
-DropCallback = Callable[[str, int], None]
-
-
-def _segment_name(first: int) -> str:
-    return f"{first:020d}{SEGMENT_SUFFIX}"
+    @property
+    def name(self) -> str:
+        return segment_name(self.first_seq, self.first_row)
 
 
-def record_header(seq: int, kind: int, data: bytes | memoryview, accepted_at: float) -> bytes:
-    """The header that goes before `data` on disk (its checksum covers both)."""
-    header = HEADER.pack(SYNC, 0, len(data), seq, kind, accepted_at)
-    crc = zlib.crc32(data, zlib.crc32(header[_CHECKED_AT:]))
-    return SYNC + struct.pack("<I", crc) + header[_CHECKED_AT:]
+def segment_name(first_seq: int, first_row: int) -> str:
+    return f"{first_seq:020d}-{first_row:020d}{SEGMENT_SUFFIX}"
 
 
-def encode_record(seq: int, kind: int, data: bytes, accepted_at: float) -> bytes:
-    return record_header(seq, kind, data, accepted_at) + data
+def segment_files(dir_fd: int) -> list[tuple[int, int]]:
+    """(first seq, first row) of the directory's segment files, in order."""
+    found = []
+    for name in os.listdir(dir_fd):
+        stem = name[:-len(SEGMENT_SUFFIX)]
+        if not name.endswith(SEGMENT_SUFFIX) or "-" not in stem:
+            continue
+        seq, _, row = stem.partition("-")
+        if seq.isdigit() and row.isdigit():
+            found.append((int(seq), int(row)))
+    return sorted(found)
 
 
-#: Past this size a record's header and payload are written with one writev, not joined
-#: first: a multi-MB line is not copied again on its way to disk.
-_JOIN_BELOW: Final = 64 << 10
+class SpoolGroup:
+    """The spools of one extension: the room they share on each filesystem, and how many hold
+    descriptors open.
 
+    Free space is taken back oldest first across every spool on the filesystem (two plugins,
+    their routed destinations): whichever spool holds the oldest waiting segment gives it up.
+    At most `max_open` spools that may let go of their descriptors keep them.
+    """
 
-def _record_at(buffer: bytes, pos: int) -> SpooledRecord | None:
-    """The intact record at `pos` of `buffer`, or None (damaged, or not all of it in the
-    buffer)."""
-    if len(buffer) - pos < HEADER.size:
-        return None
-    sync, crc, length, seq, kind, accepted_at = HEADER.unpack_from(buffer, pos)
-    if sync != SYNC or kind > KIND_MAX or length > MAX_RECORD_BYTES:
-        return None
-    start = pos + HEADER.size
-    data = buffer[start:start + length]  # sliced once: checked, then handed out
-    if len(data) != length or \
-            zlib.crc32(data, zlib.crc32(buffer[pos + _CHECKED_AT:start])) != crc:
-        return None
-    return SpooledRecord(seq, kind, data, accepted_at)
+    def __init__(self, max_open: int = 64) -> None:
+        self.max_open = max_open
+        self._lock = threading.Lock()
+        self._members: list[Spool] = []
+        self._open: dict[int, Spool] = {}  # releasable spools holding descriptors, LRU first
 
+    def join(self, spool: Spool) -> None:
+        with self._lock:
+            self._members.append(spool)
 
-class _Reader:
-    """Walks the records of one segment file from a byte offset, resynchronising after damage."""
+    def leave(self, spool: Spool) -> None:
+        with self._lock:
+            if spool in self._members:
+                self._members.remove(spool)
+            self._open.pop(id(spool), None)
 
-    def __init__(self, fd: int, offset: int, end: int) -> None:
-        self._fd = fd
-        self.offset = offset  # file offset of buffer[pos]
-        self._end = end
-        self._buffer = b""
-        self._pos = 0
+    def members(self) -> list[Spool]:
+        with self._lock:
+            return list(self._members)
 
-    def _fill(self, need: int) -> bool:
-        """Have at least `need` bytes from pos buffered (False at the end of the data)."""
-        if len(self._buffer) - self._pos >= need:
+    def opened(self, spool: Spool) -> list[Spool]:
+        """`spool` holds descriptors again: answer the least recently used ones to release."""
+        if not spool.releasable:
+            return []
+        with self._lock:
+            self._open.pop(id(spool), None)
+            self._open[id(spool)] = spool
+            excess = len(self._open) - self.max_open
+            if excess <= 0:
+                return []
+            return [s for s in list(self._open.values())[:excess] if s is not spool]
+
+    def closed(self, spool: Spool) -> None:
+        with self._lock:
+            self._open.pop(id(spool), None)
+
+    def free_oldest(self, requester: Spool) -> bool:
+        """Give up the oldest waiting closed segment among the spools on `requester`'s
+        filesystem (counted as disk_full); False when none can go. `requester`'s lock is held
+        by the caller; the others are only tried, never waited for."""
+        candidates: list[tuple[float, Spool]] = []
+        taken: list[Spool] = []
+        try:
+            for spool in self.members():
+                if spool is not requester:
+                    if spool.device != requester.device or not spool.lock.acquire(blocking=False):
+                        continue
+                    taken.append(spool)
+                at = spool.oldest_closed_segment_at()
+                if at is not None:
+                    candidates.append((at, spool))
+            if not candidates:
+                return False
+            _, oldest = min(candidates, key=lambda found: found[0])
+            oldest.give_up_oldest_segment("disk_full")
             return True
-        start = self.offset + len(self._buffer) - self._pos
-        want = min(max(READ_CHUNK, need - (len(self._buffer) - self._pos)), self._end - start)
-        if want <= 0:
-            return False
-        more = os.pread(self._fd, want, start)
-        self._buffer = self._buffer[self._pos:] + more
-        self._pos = 0
-        return len(self._buffer) >= need
+        finally:
+            for spool in taken:
+                spool.lock.release()
 
-    def _load(self) -> bool:
-        """Buffer the record that starts at pos, as much of it as its header says there is;
-        False when not even a header is left."""
-        if not self._fill(HEADER.size):
-            return False
-        (length,) = _LENGTH.unpack_from(self._buffer, self._pos + 8)
-        if length <= MAX_RECORD_BYTES:
-            self._fill(HEADER.size + length)
-        return True
+    def keep_headroom(self) -> None:
+        """The flusher's turn: where a filesystem is nearly full because of the spools (they
+        hold more than the reserve) or a line could not be written, give up the oldest waiting
+        segments across them until the reserve is free again."""
+        by_device: dict[int, list[Spool]] = {}
+        for spool in self.members():
+            if spool.device >= 0:
+                by_device.setdefault(spool.device, []).append(spool)
+        for spools in by_device.values():
+            self._headroom(spools)
 
-    def next(self) -> SpooledRecord | None:
-        """The next intact record, or None at the end of the data. Damage is skipped: the
-        caller learns how many records it cost from the jump in sequence numbers."""
-        while self.offset < self._end:
-            # The usual case first, without a call: the whole record already buffered.
-            found = _record_at(self._buffer, self._pos)
-            if found is None:
-                if not self._load():
-                    self._skip_to_end()  # a few bytes too short for a header: a torn tail
-                    return None
-                found = _record_at(self._buffer, self._pos)
-                if found is None:
-                    self._resync()
-                    continue
-            size = HEADER.size + len(found.data)
-            self._pos += size
-            self.offset += size
-            return found
-        return None
-
-    def _advance(self, count: int) -> None:
-        self._pos += count
-        self.offset += count
-
-    def _skip_to_end(self) -> None:
-        self.offset = self._end
-        self._buffer, self._pos = b"", 0
-
-    def _resync(self) -> None:
-        """Move to the next sync marker that starts an intact record (or the end)."""
-        self._advance(1)
-        while True:
-            at = self._buffer.find(SYNC, self._pos)
-            if at < 0:
-                keep = len(SYNC) - 1  # a marker may straddle the chunk boundary
-                drop = max(0, len(self._buffer) - self._pos - keep)
-                self._advance(drop)
-                if not self._fill(keep + 1) or len(self._buffer) - self._pos <= keep:
-                    self._skip_to_end()
-                    return
-                continue
-            self._advance(at - self._pos)
-            if self._load() and _record_at(self._buffer, self._pos) is not None:
-                return
-            self._advance(1)
+    def _headroom(self, spools: list[Spool]) -> None:
+        info = None
+        for spool in spools:
+            info = spool.statvfs()
+            if info is not None:
+                break
+        if info is None:
+            return
+        free = info.f_bavail * info.f_frsize
+        reserve = min(HEADROOM_BYTES, HEADROOM_SHARE * info.f_blocks * info.f_frsize)
+        failed = sum(spool.take_write_errors() for spool in spools)
+        held = sum(spool.depth()[1] for spool in spools)
+        # Only when the spools are what fills the disk (they hold more than the reserve), or a
+        # line could not be written: a disk filled by others is no reason to give up backlog.
+        if free >= reserve or not (held > reserve or failed):
+            return
+        freed_records = 0
+        for _ in range(64):
+            if free >= reserve:
+                break
+            candidates = [(at, spool) for spool in spools
+                          if (at := spool.locked_oldest_closed_segment_at()) is not None]
+            if not candidates:
+                break
+            _, oldest = min(candidates, key=lambda found: found[0])
+            size, records = oldest.locked_give_up_oldest_segment("disk_full")
+            free += size
+            freed_records += records
+        if freed_records:
+            log.error("spools under %s: the filesystem is nearly full (%d bytes free before); "
+                      "gave up the oldest %d waiting records across them (disk_full)",
+                      spools[0].directory.parent, info.f_bavail * info.f_frsize, freed_records)
 
 
 class Spool:
-    """A durable FIFO of one plugin's records, written by the thrift side and read by the flusher.
+    """A durable FIFO of one plugin's (or one routed destination's) records, written by the
+    thrift side (or the router) and read by the flusher.
 
     ``append`` is the only method the thrift side calls; everything else belongs to the flusher.
     """
 
     def __init__(self, directory: Path, *, max_records: int, max_bytes: int,
-                 on_drop: DropCallback, sync_interval: float = 1.0) -> None:
+                 on_drop: DropCallback, sync_interval: float = 1.0,
+                 group: SpoolGroup | None = None, releasable: bool = False,
+                 migrate: Migration = _plain) -> None:
         self.directory = directory
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.sync_interval = sync_interval
+        self.releasable = releasable
+        self.lock = threading.Lock()
         self._on_drop = on_drop
+        self._migrate = migrate
+        self._group = group if group is not None else SpoolGroup()
         self._segment_records = max(1, min(4096, max_records // 16))
         self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
-        self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
         self._dir_fd = -1
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory
+        self.device = -1
+        self._released = False
         self._fd = -1
         self._dirty_since = 0.0
         self._next_seq = 1
+        self._next_row = 0
         self._acked = 0
-        self._acked_on_disk = 0
+        self._acked_row = 0
+        self._ledger = Ledger()
+        self._ledger_written = (0, 0)
         self._read_seq = 1
+        self._read_row = 0
         self._read_pos: tuple[int, int] = (0, 0)  # (segment first_seq, offset) of _read_seq
         #: Records numbered below this were given up (a cap, a full disk), including any the
         #: flusher had already read: it must not send them; it counts those, under this reason.
         self.dropped_below = 0
         self.dropped_reason = "cap_records"
-        #: Damage already counted: gaps below this sequence number are not counted again.
-        self._corrupt_counted_below = 0
+        #: Damage already counted: gaps below this (seq, row) are not counted again.
+        self._corrupt_counted_below = (0, 0)
         #: Why the spool cannot take lines now ("" when it can).
         self.problem = ""
         self._reopen_at = 0.0
-        self._next_headroom_check = 0.0
         self._error_logged_at = -ERROR_LOG_SECONDS
-        self._acked_logged_at = -ERROR_LOG_SECONDS
+        self._ledger_logged_at = -ERROR_LOG_SECONDS
         self._errors_unlogged = 0
         self._errors_since_check = 0
+        self._oldest: tuple[int, float] | None = None  # (seq, accepted_at) last looked up
+        self._reopened = False  # descriptors taken again since the group last heard
+        self._waiting_rows = 0  # the last figure waiting_rows() took
+        self._group.join(self)
         self._open()
+        if self._dir_fd >= 0:
+            self._note_open()
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -272,64 +312,78 @@ class Spool:
             if problem:
                 raise UnsafePath(problem)
             self._dir_fd = open_directory(self.directory, create=True, mode=0o700)
+            info = os.fstat(self._dir_fd)
+            self._identity, self.device = (info.st_dev, info.st_ino), info.st_dev
+            self._released = False
             self._recover()
         except (OSError, ValueError) as exc:
-            if self._dir_fd >= 0:
-                os.close(self._dir_fd)
-                self._dir_fd = -1
-            self._segments.clear()
-            self._bytes = 0
-            reason = str(exc) if isinstance(exc, UnsafePath) else \
-                f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
-            problem = f"spool {self.directory} unusable: {reason}"
-            if problem != self.problem:
-                log.error("%s; lines are counted as dropped (spool_error) until it is fixed; "
-                          "trying again every %.0fs", problem, REOPEN_SECONDS)
-            self.problem = problem
-            self._reopen_at = time.monotonic() + REOPEN_SECONDS
+            self._unusable(exc)
             return
         if self.problem:
             log.warning("spool %s usable again", self.directory)
         self.problem = ""
 
+    def _unusable(self, exc: Exception) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        self._segments.clear()
+        self._bytes = 0
+        reason = str(exc) if isinstance(exc, UnsafePath) else \
+            f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        problem = f"spool {self.directory} unusable: {reason}"
+        if problem != self.problem:
+            log.error("%s; lines are counted as dropped (spool_error) until it is fixed; "
+                      "trying again every %.0fs", problem, REOPEN_SECONDS)
+        self.problem = problem
+        self._reopen_at = time.monotonic() + REOPEN_SECONDS
+
     def _recover(self) -> None:
-        self._acked = self._acked_on_disk = self._read_acked()
-        firsts = _segment_firsts(self._dir_fd)
+        self._migrate_v2()
+        position = self._read_ledger()
+        self._acked, self._acked_row = position or (0, 0)
+        self._ledger_written = (self._acked, self._acked_row)
+        files = segment_files(self._dir_fd)
         self._segments, self._bytes = [], 0
-        for index, first in enumerate(firsts):
-            name = _segment_name(first)
-            following = firsts[index + 1] if index + 1 < len(firsts) else None
-            size = self._migrate_if_old(name, first, following)
-            segment = _Segment(first, name, size=size)
+        for index, (first, first_row) in enumerate(files):
+            following = files[index + 1] if index + 1 < len(files) else None
+            segment = _Segment(first, first_row)
             if following is not None:
                 # Closed segments were fsynced when they rolled: their count follows from names.
-                segment.count = following - first
+                segment.count = following[0] - first
+                segment.indexed = False
+                segment.size, segment.first_at = self._closed_facts(segment)
             else:
-                segment.count, segment.size = self._scan_tail(segment)
+                self._next_row = self._scan_tail(segment)
             if segment.end_seq - 1 <= self._acked:
-                self._unlink(name)
+                self._unlink(segment.name)
                 continue
             self._segments.append(segment)
             self._bytes += segment.size
         if self._segments:
             self._next_seq = self._segments[-1].end_seq
         self._next_seq = max(self._next_seq, self._acked + 1)
+        self._next_row = max(self._next_row, self._acked_row)
         self._rewind_reader()
 
-    def _read_acked(self) -> int:
+    def _read_ledger(self) -> tuple[int, int] | None:
         try:
-            return _acked_in(self._dir_fd)
+            return self._ledger.read(self._dir_fd)
         except OSError as exc:  # a link planted in its place (ELOOP): never read through it
-            log.warning("spool %s: ignored the %s file: %s", self.directory, ACKED_FILE,
+            log.warning("spool %s: ignored the %s file: %s", self.directory, LEDGER_FILE,
                         exc.strerror or exc)
-            return 0
+            return None
 
     def _open_segment(self, name: str, flags: int) -> int:
+        if self._dir_fd < 0:  # never relative to the working directory
+            raise OSError(errno.EBADF, f"spool {self.directory} is not open")
         return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
 
     def _unlink(self, name: str) -> None:
         """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
         raised: it must not undo the record just written, nor stop an acknowledgement."""
+        if self._dir_fd < 0:  # never relative to the working directory
+            return
         try:
             os.unlink(name, dir_fd=self._dir_fd)
         except FileNotFoundError:
@@ -337,24 +391,47 @@ class Spool:
         except OSError as exc:
             log.error("spool %s: cannot delete %s: %s", self.directory, name, exc.strerror or exc)
 
-    def _scan_tail(self, segment: _Segment) -> tuple[int, int]:
-        """The record count of the newest segment (by its last intact record) and its size,
-        with anything after that record cut off: a write torn by a power loss."""
+    def _closed_facts(self, segment: _Segment) -> tuple[int, float]:
+        """A closed segment's size and when its first record was accepted (its first intact
+        record's time, or 0 when none is intact)."""
+        fd = self._open_segment(segment.name, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            first = Reader(fd, len(FILE_MAGIC), size).next()
+            return size, first.accepted_at if first is not None else 0.0
+        finally:
+            os.close(fd)
+
+    def _scan_tail(self, segment: _Segment) -> int:
+        """The newest segment: its records (by its last intact one), their rows, and its size,
+        with anything after that record cut off (a write torn by a power loss). Answers the
+        row number after its last record."""
         fd = self._open_segment(segment.name, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
             if size < len(FILE_MAGIC):
                 os.ftruncate(fd, 0)
                 os.write(fd, FILE_MAGIC)
-                return 0, len(FILE_MAGIC)
-            reader = _Reader(fd, len(FILE_MAGIC), size)
-            last_seq, good_end, good = segment.first_seq - 1, len(FILE_MAGIC), 0
+                segment.size = len(FILE_MAGIC)
+                return segment.first_row
+            reader = Reader(fd, len(FILE_MAGIC), size)
+            counts = array("I")
+            last_seq, last_row, good_end, good = segment.first_seq - 1, segment.first_row, \
+                len(FILE_MAGIC), 0
             while (found := reader.next()) is not None:
-                if found.seq > last_seq:
-                    last_seq, good_end, good = found.seq, reader.offset, good + 1
+                if found.seq <= last_seq:
+                    continue
+                _fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+                counts.append(found.rows)
+                if not segment.first_at:
+                    segment.first_at = found.accepted_at
+                last_seq, last_row, good_end, good = found.seq, found.end_row, reader.offset, good + 1
             if good_end < size:
                 self._cut_tail(fd, segment, good_end, size, good)
-            return last_seq - segment.first_seq + 1, good_end
+            segment.count = last_seq - segment.first_seq + 1
+            segment.size = good_end
+            segment.counts = counts if any(c != 1 for c in counts) else None
+            return last_row
         finally:
             os.close(fd)
 
@@ -363,7 +440,8 @@ class Spool:
 
         Every record starts with the sync marker, so those left in the cut bytes say how many
         records they held; a tail zeroed by a power loss keeps none, and then its size over the
-        segment's mean record size is the estimate. Either way at least one record.
+        segment's mean record size is the estimate. Either way at least one record, counted as
+        one row each (their row counts went with them).
         """
         tail = os.pread(fd, size - good_end, good_end)
         mean = (good_end - len(FILE_MAGIC)) / good if good else HEADER.size + 256
@@ -375,37 +453,48 @@ class Spool:
                             f"bytes cut off ({lost} record{'s' if lost != 1 else ''}"
                             f"{', estimated from its zeroed bytes' if zeros >= mean else ''})")
 
-    def _migrate_if_old(self, name: str, first: int, following: int | None) -> int:
-        """Rewrite a segment of the first format in this one; answer the segment's size."""
-        fd = self._open_segment(name, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0 or os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC or \
-                    not _first_format(os.pread(fd, _V1_HEADER.size + MAX_RECORD_BYTES, 0)):
-                # This format (its magic, or damage where the magic was): never rewritten.
-                return size
-            data = os.pread(fd, size, 0)
-        finally:
-            os.close(fd)
-        out = [FILE_MAGIC]
-        offset, seq = 0, first
-        while offset + _V1_HEADER.size <= len(data):
-            length, crc, kind, accepted_at = _V1_HEADER.unpack_from(data, offset)
-            end = offset + _V1_HEADER.size + length
-            payload = data[offset + _V1_HEADER.size:end]
-            if kind > KIND_MAX or end > len(data) or zlib.crc32(payload) != crc:
-                break
-            out.append(encode_record(seq, kind, payload, accepted_at))
-            offset, seq = end, seq + 1
-        if following is not None and following > seq:
-            self._count_corrupt(following - seq, f"{name}: {following - seq} records of the "
-                                f"old format unreadable")
-        elif following is None and offset < len(data):
-            self._count_corrupt(1, f"{name}: a torn tail of {len(data) - offset} bytes in the "
-                                f"old format cut off (1 record)")
-        body = b"".join(out)
-        atomic_write(self._dir_fd, name, body, mode=0o600)
-        return len(body)
+    def _migrate_v2(self) -> None:
+        """Rewrite segments of the previous format in this one, once (their rows counted
+        afresh, a routed record's key taken out of its payload), then its acked file."""
+        names = sorted(name for name in os.listdir(self._dir_fd)
+                       if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit())
+        acked = 0
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.open(_V2_ACKED, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=self._dir_fd)
+            try:
+                acked = int(os.read(fd, 64).decode().strip() or 0)
+            finally:
+                os.close(fd)
+        if not names:
+            if acked:
+                self._unlink(_V2_ACKED)
+            return
+        row = 0
+        for name in names:
+            fd = self._open_segment(name, os.O_RDONLY)
+            try:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+            finally:
+                os.close(fd)
+            out: list[bytes] = [FILE_MAGIC]
+            first: tuple[int, int] | None = None
+            for seq, kind, payload, accepted_at in _v2_records(data):
+                if seq <= acked:
+                    continue
+                body, key, rows = self._migrate(kind, payload)
+                if first is None:
+                    first = (seq, row)
+                out.append(encode_record(seq, row, rows, kind, key=key.encode(), data=body,
+                                        accepted_at=accepted_at))
+                row += rows
+            if first is not None:
+                atomic_write(self._dir_fd, segment_name(*first), b"".join(out), mode=0o600)
+            self._unlink(name)
+        if acked:
+            self._ledger.write(self._dir_fd, acked, 0)
+        self._unlink(_V2_ACKED)
+        log.warning("spool %s: %d segment(s) of the previous format rewritten in this one",
+                    self.directory, len(names))
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
@@ -416,38 +505,206 @@ class Spool:
                 if segment.first_seq >= self._read_seq:
                     self._read_seq = segment.first_seq
                     self._read_pos = (segment.first_seq, len(FILE_MAGIC))
+                self._read_row = self._row_at(self._read_seq)
                 return
         self._read_seq = self._next_seq
+        self._read_row = self._next_row
+
+    @property
+    def group(self) -> SpoolGroup:
+        return self._group
+
+    def children(self, name: str) -> list[str]:
+        """The directories inside subdirectory `name` of the spool that hold segments, sorted
+        (never through a link; none when it is missing or cannot be read)."""
+        found: list[str] = []
+        with self.lock:
+            if not self._usable():
+                return found
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=self._dir_fd)
+            except OSError:
+                return found
+            try:
+                for entry in sorted(os.listdir(fd)):
+                    try:
+                        child = os.open(entry, DIR_FLAGS, dir_fd=fd)
+                    except OSError:
+                        continue  # not a directory, a link, or unreadable: not a spool of ours
+                    try:
+                        if any(n.endswith(SEGMENT_SUFFIX) for n in os.listdir(child)):
+                            found.append(entry)
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(child)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self._after_use()
+        return found
+
+    # -- descriptors ----------------------------------------------------------------------------
+
+    def _note_open(self) -> None:
+        for other in self._group.opened(self):
+            other.release()
+
+    def release(self) -> None:
+        """Let go of the directory and segment descriptors until the spool is next used
+        (only for a spool nobody appends to from the thrift side)."""
+        with self.lock:
+            if not self.releasable or self._dir_fd < 0:
+                return
+            self._close_fds()
+            self._released = True
+        self._group.closed(self)
+
+    def _close_fds(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._dirty_since = 0.0
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    def _usable(self) -> bool:
+        """Whether the directory is open (reopened, if it was let go). Under the lock."""
+        if not self._released:
+            return self._dir_fd >= 0
+        try:
+            problem = parent_problem(self.directory)
+            if problem:
+                raise UnsafePath(problem)
+            fd = open_directory(self.directory, create=False, mode=0o700)
+        except (OSError, ValueError) as exc:
+            self._released = False
+            self._unusable(exc)
+            return False
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != self._identity:
+            os.close(fd)
+            self._released = False
+            self._unusable(UnsafePath(f"{self.directory} was replaced by another directory"))
+            return False
+        self._dir_fd = fd
+        self._released = False
+        self._reopened = True
+        return True
+
+    def _after_use(self) -> None:
+        """Outside the lock: a spool that took its descriptors again may push others out."""
+        if self._reopened:
+            self._reopened = False
+            self._note_open()
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def _row_at(self, seq: int) -> int:
+        """The row number of record `seq` (of the next record, past the end)."""
+        if seq >= self._next_seq or not self._segments:
+            return self._next_row
+        for index, segment in enumerate(self._segments):
+            if seq >= segment.end_seq:
+                continue
+            if seq <= segment.first_seq:
+                return segment.first_row
+            if not segment.indexed:
+                self._index(segment, index)
+            if segment.counts is None:
+                return segment.first_row + (seq - segment.first_seq)
+            return segment.first_row + sum(segment.counts[:seq - segment.first_seq])
+        return self._next_row
+
+    def _end_row(self, index: int) -> int:
+        following = self._segments[index + 1] if index + 1 < len(self._segments) else None
+        return following.first_row if following is not None else self._next_row
+
+    def _index(self, segment: _Segment, index: int) -> None:
+        """Learn the rows of each record of a segment found closed at start, from its headers."""
+        counts = array("I")
+        last_seq, last_row = segment.first_seq - 1, segment.first_row
+        try:
+            fd = self._open_segment(segment.name, os.O_RDONLY)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                reader = Reader(fd, len(FILE_MAGIC), segment.size)
+                while (found := reader.next()) is not None:
+                    if found.seq <= last_seq or found.seq >= segment.end_seq:
+                        continue
+                    _fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+                    counts.append(found.rows)
+                    last_seq, last_row = found.seq, found.end_row
+            finally:
+                os.close(fd)
+        _fill_gap(counts, segment.end_seq - 1 - last_seq, self._end_row(index) - last_row)
+        segment.counts = counts if any(c != 1 for c in counts) else None
+        segment.indexed = True
+
+    def waiting_rows(self, *, read: bool = True) -> int:
+        """Rows accepted and not yet delivered or given up (read or not). Without `read` no
+        file is read for it (the socket loop's status table): where a segment found at start
+        would have to be, the last figure taken is answered."""
+        with self.lock:
+            if not self._segments:
+                return 0
+            first = self._first_waiting()
+            segment, _ = self._segment_of(first)
+            if not read and segment is not None and not segment.indexed \
+                    and first > segment.first_seq:
+                return self._waiting_rows
+            self._waiting_rows = max(0, self._next_row - self._row_at(first))
+            return self._waiting_rows
 
     # -- the thrift side ----------------------------------------------------------------------
 
-    def append(self, kind: int, data: bytes | memoryview) -> int:
-        """Write one record; answer how many records wait unread (0 if this one was not kept).
-
-        Never raises, never blocks on the network.
-        """
+    def append(self, kind: int, data: bytes | memoryview, *, rows: int = 1, key: str = "") -> int:
+        """Write one record of `rows` rows; answer how many records wait unread (0 if this one
+        was not kept, its rows then counted as dropped). Never raises, never blocks on the
+        network."""
         if len(data) > MAX_RECORD_BYTES:
-            self._on_drop("oversize", 1)
+            self._on_drop("oversize", rows)
             return 0
-        with self._lock:
-            if self._dir_fd < 0:
-                self._on_drop("spool_error", 1)
+        try:
+            encoded_key = key.encode()
+        except UnicodeEncodeError:
+            encoded_key = key.encode("utf-8", "replace")
+        with self.lock:
+            if not self._usable():
+                self._on_drop("spool_error", rows)
                 return 0
-            header = record_header(self._next_seq, kind, data, time.time())
+            now = time.time()
+            header = record_header(self._next_seq, self._next_row, rows, kind, key=encoded_key,
+                                   data=data, accepted_at=now)
             try:
                 size = self._write(header + data if len(data) < _JOIN_BELOW else (header, data))
             except OSError as exc:
-                self._write_failed(exc)
+                self._write_failed(exc, rows)
                 return 0
             segment = self._segments[-1]
+            if segment.counts is None and rows != 1:
+                segment.counts = array("I", [1]) * segment.count
+            if segment.counts is not None:
+                segment.counts.append(rows)
+            if not segment.count:
+                segment.first_at = now
             segment.count += 1
             segment.size += size
             self._bytes += size
             self._next_seq += 1
+            self._next_row += rows
             if not self._dirty_since:
                 self._dirty_since = time.monotonic()
             self._enforce_caps()
-            return self._next_seq - self._read_seq
+            waiting = self._next_seq - self._read_seq
+        self._after_use()
+        return waiting
 
     def _write(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
         """Append one record (in one write, or one writev of header and payload); answer its
@@ -461,32 +718,66 @@ class Spool:
                     raise
                 self._roll()
         try:
-            written = self._write_record(record)
+            self._write_record(record, size)
         except OSError as exc:
             if exc.errno not in _FULL or not self._free_space():  # make room, try once more
                 raise
-            written = self._write_record(record)
+            if self._fd < 0:
+                self._roll()
+            self._write_record(record, size)
+        return size
+
+    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview], size: int) -> None:
+        written = os.write(self._fd, record) if isinstance(record, bytes) else \
+            os.writev(self._fd, record)
         if written != size:
             # A short write (the disk filled mid-record): cut it off, so the file stays whole.
             os.ftruncate(self._fd, self._segments[-1].size)
             raise OSError(errno.ENOSPC, "No space left on device (short write)")
-        return size
-
-    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
-        return os.write(self._fd, record) if isinstance(record, bytes) else \
-            os.writev(self._fd, record)
 
     def _free_space(self) -> bool:
-        """Give up the oldest waiting segment to make room (counted); False if none can go."""
-        if len(self._segments) < 2:
-            return False
-        oldest = self._segments[0]
-        self._drop_below(oldest.end_seq, "disk_full")
-        self._forget_segment()
-        return True
+        """Make room after a full disk: start over a spool whose every record is delivered
+        (its one segment may fill a small filesystem), else give up the oldest waiting
+        segment of any spool on this filesystem (counted). False if nothing could go."""
+        if self._segments and self._first_waiting() >= self._next_seq:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            while self._segments:
+                self._forget_segment()
+            return True
+        return self._group.free_oldest(self)
 
-    def _write_failed(self, exc: OSError) -> None:
-        self._on_drop("spool_error", 1)
+    def oldest_closed_segment_at(self) -> float | None:
+        """When the first record of this spool's oldest waiting closed segment was accepted,
+        if it has one that may go (the segment being written never does). Under the lock."""
+        if len(self._segments) < 2 or not self._waiting_records():
+            return None
+        return self._segments[0].first_at
+
+    def locked_oldest_closed_segment_at(self) -> float | None:
+        with self.lock:
+            return self.oldest_closed_segment_at()
+
+    def give_up_oldest_segment(self, reason: str) -> tuple[int, int]:
+        """Drop the oldest segment with what waits in it (counted): (bytes, records) freed.
+        Under the lock."""
+        if not self._usable():
+            return 0, 0
+        oldest = self._segments[0]
+        records = max(0, oldest.end_seq - self._first_waiting())
+        self._drop_below(oldest.end_seq, reason)
+        self._forget_segment()
+        return oldest.size, records
+
+    def locked_give_up_oldest_segment(self, reason: str) -> tuple[int, int]:
+        with self.lock:
+            if self.oldest_closed_segment_at() is None:
+                return 0, 0
+            return self.give_up_oldest_segment(reason)
+
+    def _write_failed(self, exc: OSError, rows: int) -> None:
+        self._on_drop("spool_error", rows)
         self._errors_since_check += 1
         if exc.errno == errno.ENOENT and self._dir_fd >= 0 and not self._directory_present():
             self._lose_directory()
@@ -499,6 +790,20 @@ class Spool:
                       f" ({more} more since the last such line)" if more else "")
         else:
             self._errors_unlogged += 1
+
+    def take_write_errors(self) -> int:
+        with self.lock:
+            failed, self._errors_since_check = self._errors_since_check, 0
+            return failed
+
+    def statvfs(self) -> os.statvfs_result | None:
+        with self.lock:
+            if self._dir_fd < 0:
+                return None
+            try:
+                return os.statvfs(self._dir_fd)
+            except OSError:
+                return None
 
     def _directory_present(self) -> bool:
         """Whether the spool's directory is still where it was (not removed by hand)."""
@@ -526,14 +831,15 @@ class Spool:
         """Replace a small file of the spool's own (state.json) through the spool's directory
         descriptor: never through a link, never for a spool refused or not set up. Answers
         whether it was written; a full disk only costs this update."""
-        with self._lock:
-            if self._dir_fd < 0:
+        with self.lock:
+            if not self._usable():
                 return False
             try:
                 atomic_write(self._dir_fd, name, data, mode=mode)
             except OSError:
                 return False
-            return True
+        self._after_use()
+        return True
 
     def _needs_roll(self) -> bool:
         segment = self._segments[-1]
@@ -546,22 +852,23 @@ class Spool:
                 os.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
-        if self._segments and self._segments[-1].count == 0:
-            segment = self._segments[-1]
-            fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND)
-        else:
-            segment = _Segment(self._next_seq, _segment_name(self._next_seq))
-            fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-            try:
-                if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
-                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
-            except OSError:
-                os.close(fd)
-                self._unlink(segment.name)
-                raise
-            segment.size = len(FILE_MAGIC)
-            self._segments.append(segment)
-            self._bytes += segment.size
+        if self._segments and self._segments[-1].end_seq == self._next_seq and \
+                not self._needs_roll():
+            # The segment being written, after its descriptor was let go: go on in it.
+            self._fd = self._open_segment(self._segments[-1].name, os.O_WRONLY | os.O_APPEND)
+            return
+        segment = _Segment(self._next_seq, self._next_row)
+        fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        try:
+            if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        except OSError:
+            os.close(fd)
+            self._unlink(segment.name)
+            raise
+        segment.size = len(FILE_MAGIC)
+        self._segments.append(segment)
+        self._bytes += segment.size
         self._fd = fd
 
     def _first_waiting(self) -> int:
@@ -576,16 +883,20 @@ class Spool:
         """Give up every waiting record numbered below `floor`, those the flusher already holds
         too (they are off disk, or soon will be: it must not send them).
 
-        Only the records never handed out are counted here, under `reason`; the flusher counts
-        those it held and lets go of (`dropped_reason` says why), and none it delivered first,
-        so no record is counted both delivered and dropped.
+        Only the rows of records never handed out are counted here, under `reason`; the
+        flusher counts those it held and lets go of (`dropped_reason` says why), and none it
+        delivered first, so no row is counted both delivered and dropped.
         """
-        lost = floor - max(self._first_waiting(), self._read_seq)
-        if lost > 0:
-            self._on_drop(reason, lost)
+        start = max(self._first_waiting(), self._read_seq)
+        if floor > start:
+            rows = self._row_at(floor) - (self._read_row if start == self._read_seq
+                                          else self._row_at(start))
+            if rows > 0:
+                self._on_drop(reason, rows)
         if floor > self.dropped_below:
             self.dropped_below, self.dropped_reason = floor, reason
         if self._read_seq < floor:
+            self._read_row = self._row_at(floor)
             self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
 
     def _enforce_caps(self) -> None:
@@ -610,14 +921,15 @@ class Spool:
 
     def set_caps(self, max_records: int, max_bytes: int) -> None:
         """New caps, in force at once: the oldest records past them are dropped and counted."""
-        with self._lock:
+        with self.lock:
             self.max_records, self.max_bytes = max_records, max_bytes
             self._segment_records = max(1, min(4096, max_records // 16))
             self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
-            if self._fd >= 0 and self._segments and self._needs_roll():
+            if self._usable() and self._fd >= 0 and self._segments and self._needs_roll():
                 with contextlib.suppress(OSError):
                     self._roll()  # so the old, larger segment can go whole
             self._enforce_caps()
+        self._after_use()
 
     # -- the flusher side ---------------------------------------------------------------------
 
@@ -627,48 +939,51 @@ class Spool:
         out: list[SpooledRecord] = []
         taken = 0
         while len(out) < max_records and taken < max_bytes:
-            with self._lock:
-                if self._dir_fd < 0 or self._read_seq >= self._next_seq:
+            with self.lock:
+                if not self._usable() or self._read_seq >= self._next_seq:
                     break
-                segment = self._segment_of(self._read_seq)
+                segment, index = self._segment_of(self._read_seq)
                 if segment is None:
                     break
-                seq = self._read_seq
+                seq, row = self._read_seq, self._read_row
                 first, offset = self._read_pos
                 if first != segment.first_seq:
                     offset = len(FILE_MAGIC)  # from the start, skipping what is already read
-                end, end_seq = segment.size, segment.end_seq
+                ends = (segment.size, segment.end_seq, self._end_row(index))
                 try:
                     fd = self._open_segment(segment.name, os.O_RDONLY)
                 except OSError as exc:
-                    self._segment_gone(segment, seq, exc)
+                    self._segment_gone(segment, index, seq, row, exc)
                     continue
             try:
-                records, offset, next_seq = self._read_from(
-                    fd, segment, offset, (end, end_seq), seq, limit=max_records - len(out),
+                records, offset, next_seq, next_row = self._read_from(
+                    fd, segment, offset, ends, (seq, row), limit=max_records - len(out),
                     max_bytes=max_bytes - taken)
             finally:
                 os.close(fd)
-            with self._lock:
+            with self.lock:
                 if self._read_seq != seq:
                     continue  # a cap dropped (and counted) what we read: don't also deliver it
                 out.extend(records)
                 taken += sum(len(r.data) for r in records)
-                self._read_seq, self._read_pos = next_seq, (segment.first_seq, offset)
+                self._read_seq, self._read_row = next_seq, next_row
+                self._read_pos = (segment.first_seq, offset)
                 if not records and next_seq == seq:
                     break
+        self._after_use()
         return out
 
-    def _read_from(self, fd: int, segment: _Segment, offset: int, ends: tuple[int, int],
-                   seq: int, *, limit: int, max_bytes: int) -> tuple[list[SpooledRecord], int, int]:
-        """Records of `segment` numbered `seq` on, from byte `offset`, up to the byte size and
-        record count `ends` it had under the lock; the offset and the sequence number after
-        them. Records lost to damage are counted and logged."""
-        end, end_seq = ends
-        reader = _Reader(fd, offset, end)
+    def _read_from(self, fd: int, segment: _Segment, offset: int, ends: tuple[int, int, int],
+                   start: tuple[int, int], *, limit: int, max_bytes: int
+                   ) -> tuple[list[SpooledRecord], int, int, int]:
+        """Records of `segment` from record `start` (seq, row) on, from byte `offset`, up to
+        the size, record count and end row `ends` it had under the lock; the offset, seq and
+        row after them. Records lost to damage are counted (their rows) and logged."""
+        end, end_seq, end_row = ends
+        reader = Reader(fd, offset, end, name=segment.name)
         records: list[SpooledRecord] = []
         taken = 0
-        expected = seq
+        expected, expected_row = start
         while len(records) < limit and taken < max_bytes:
             position = reader.offset
             found = reader.next()
@@ -681,59 +996,89 @@ class Spool:
                 reader.offset = position
                 break
             if record_seq > expected:
-                self._lost(segment, expected, record_seq)
+                self._lost(segment, (expected, expected_row), (record_seq, found.row))
             records.append(found)
             taken += len(found.data)
-            expected = record_seq + 1
+            expected, expected_row = record_seq + 1, found.end_row
         else:
-            return records, reader.offset, expected
+            return records, reader.offset, expected, expected_row
         if reader.offset >= end and expected < end_seq:
             # Damage ran to the end of the segment: everything after the last good record.
-            self._lost(segment, expected, end_seq)
-            expected = end_seq
-        return records, reader.offset, expected
+            self._lost(segment, (expected, expected_row), (end_seq, end_row))
+            expected, expected_row = end_seq, end_row
+        return records, reader.offset, expected, expected_row
 
-    def _segment_gone(self, segment: _Segment, seq: int, exc: OSError) -> None:
+    def _segment_gone(self, segment: _Segment, index: int, seq: int, row: int,
+                      exc: OSError) -> None:
         """A segment that cannot be opened (deleted by hand, a failing disk): its waiting
         records are counted as lost and the reader moves past it, so it never spins on it."""
-        self._lost(segment, seq, segment.end_seq, f"{segment.name} could not be read "
-                   f"({exc.strerror or exc})")
+        end_row = self._end_row(index)
+        self._lost(segment, (seq, row), (segment.end_seq, end_row),
+                   f"{segment.name} could not be read ({exc.strerror or exc})")
         if segment is self._segments[-1] and self._fd >= 0:
             os.close(self._fd)  # the next line starts a new segment
             self._fd = -1
         self._segments.remove(segment)
         self._bytes -= segment.size
-        self._read_seq, self._read_pos = segment.end_seq, (0, 0)
+        self._read_seq, self._read_row, self._read_pos = segment.end_seq, end_row, (0, 0)
         self.dropped_below = max(self.dropped_below, segment.end_seq)
-        self._next_seq = max(self._next_seq, segment.end_seq)
+        if self._next_seq < segment.end_seq:
+            self._next_seq, self._next_row = segment.end_seq, end_row
 
-    def _lost(self, segment: _Segment, start: int, end: int, why: str = "") -> None:
-        start = max(start, self._corrupt_counted_below)
-        if end <= start:
+    def _lost(self, segment: _Segment, start: tuple[int, int], end: tuple[int, int],
+              why: str = "") -> None:
+        """Records `start` to `end` (each a (seq, row)) are lost to damage: count their rows
+        (their records, where the rows cannot be told) once."""
+        start_seq, start_row = max(start, self._corrupt_counted_below)
+        end_seq, end_row = end
+        if end_seq <= start_seq:
             return
         self._corrupt_counted_below = end
-        self._count_corrupt(end - start, why or f"{segment.name}: {end - start} damaged records "
-                            f"skipped (sequence numbers {start} to {end - 1})")
+        rows = end_row - start_row if end_row >= start_row else end_seq - start_seq
+        self._count_corrupt(rows, why or f"{segment.name}: {end_seq - start_seq} damaged "
+                            f"records skipped (sequence numbers {start_seq} to {end_seq - 1}, "
+                            f"{rows} rows)")
 
-    def _count_corrupt(self, count: int, message: str) -> None:
-        self._on_drop("corrupt", count)
+    def _count_corrupt(self, rows: int, message: str) -> None:
+        if rows:
+            self._on_drop("corrupt", rows)
         log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
 
-    def _segment_of(self, seq: int) -> _Segment | None:
-        for segment in self._segments:
+    def _segment_of(self, seq: int) -> tuple[_Segment | None, int]:
+        for index, segment in enumerate(self._segments):
             if seq < segment.end_seq:
-                return segment
-        return None
+                return segment, index
+        return None, -1
+
+    def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None:
+        """Bytes `start` to `end` of a record's payload, read again from its segment (a big
+        line is read a call's worth at a time instead of held whole); None when the segment
+        has gone (a cap or a full disk gave it up: counted there)."""
+        with self.lock:
+            if not self._usable():
+                return None
+            try:
+                fd = self._open_segment(record.segment, os.O_RDONLY)
+            except OSError:
+                return None
+        try:
+            return os.pread(fd, end - start, record.offset + start)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+            self._after_use()
 
     def ack(self, through_seq: int) -> None:
         """Everything up to `through_seq` is delivered (or given up): forget it for good.
 
-        Never raises: a full disk only delays writing the acked file (the next `sync` tries
-        again); segments wholly delivered are deleted all the same, which frees room.
+        Never raises and never needs free space: the ledger is written in place, and segments
+        wholly delivered are deleted whether or not it could be.
         """
-        with self._lock:
-            if through_seq <= self._acked or self._dir_fd < 0:
+        with self.lock:
+            if through_seq <= self._acked or not self._usable():
                 return
+            self._acked_row = self._row_at(through_seq + 1)
             self._acked = through_seq
             while self._segments:
                 segment = self._segments[0]
@@ -747,41 +1092,43 @@ class Spool:
                         os.close(self._fd)
                         self._fd = -1
                 self._forget_segment()
-            self._write_acked()
+            self._write_ledger()
+        self._after_use()
 
-    def _write_acked(self) -> None:
-        if self._acked == self._acked_on_disk or self._dir_fd < 0:
+    def _write_ledger(self) -> None:
+        position = (self._acked, self._acked_row)
+        if position == self._ledger_written or self._dir_fd < 0:
             return
         try:
-            atomic_write(self._dir_fd, ACKED_FILE, f"{self._acked}\n".encode(), mode=0o600)
-            self._acked_on_disk = self._acked
+            self._ledger.write(self._dir_fd, *position)
+            self._ledger_written = position
         except OSError as exc:
             now = time.monotonic()
-            if now - self._acked_logged_at >= ERROR_LOG_SECONDS:
-                self._acked_logged_at = now
-                log.error("spool %s: cannot write the acked file (%s); trying again; a restart "
+            if now - self._ledger_logged_at >= ERROR_LOG_SECONDS:
+                self._ledger_logged_at = now
+                log.error("spool %s: cannot write the %s (%s); trying again; a restart "
                           "before it is written sends some delivered records again",
-                          self.directory, exc.strerror or exc)
+                          self.directory, LEDGER_FILE, exc.strerror or exc)
 
     def rewind(self) -> None:
         """Hand out again every record not yet acknowledged (after the flusher forgot a batch)."""
-        with self._lock:
-            self._rewind_reader()
+        with self.lock:
+            if self._segments:
+                self._rewind_reader()
 
     def sync(self, *, force: bool = False) -> None:
         """The flusher's turn at the disk: make written records survive a power loss at most
-        `sync_interval` after the write, retry the acked file, keep headroom on a filling
-        filesystem, and set up again a spool that could not be."""
+        `sync_interval` after the write, retry the ledger, and set up again a spool that could
+        not be."""
         now = time.monotonic()
-        with self._lock:
+        with self.lock:
+            if self._released:
+                return
             if self._dir_fd < 0:
                 if now >= self._reopen_at:
                     self._open()
                 return
-            self._write_acked()
-            if now >= self._next_headroom_check:
-                self._next_headroom_check = now + 1.0
-                self._keep_headroom()
+            self._write_ledger()
             if not self._dirty_since or self._fd < 0:
                 return
             if not force and now - self._dirty_since < self.sync_interval:
@@ -795,164 +1142,134 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _keep_headroom(self) -> None:
-        failed, self._errors_since_check = self._errors_since_check, 0
-        try:
-            info = os.statvfs(self._dir_fd)
-        except OSError:
-            return
-        self._errors_since_check = failed
-        free = info.f_bavail * info.f_frsize
-        reserve = min(HEADROOM_BYTES, HEADROOM_SHARE * info.f_blocks * info.f_frsize)
-        # Only when the spool is what fills the disk (it holds more than the reserve), or a
-        # line could not be written: a disk filled by others is no reason to give up backlog.
-        if free < reserve and (self._bytes > reserve or self._errors_since_check) and \
-                self._waiting_records() and len(self._segments) > 1:
-            before = self._first_waiting()
-            self._free_space()
-            self._errors_since_check = 0
-            log.error("spool %s: the filesystem is nearly full (%d bytes free); gave up the "
-                      "oldest %d waiting records (disk_full)", self.directory, free,
-                      self._first_waiting() - before)
-
     def depth(self) -> tuple[int, int]:
         """Records waiting (in flight included) and the bytes their segments hold."""
-        with self._lock:
+        with self.lock:
             return self._waiting_records(), self._bytes
 
     def pending_unread(self) -> int:
         """Records written and not yet handed to the flusher."""
-        with self._lock:
+        with self.lock:
             return max(0, self._next_seq - self._read_seq)
 
     def oldest_accepted_at(self) -> float | None:
-        """When the oldest waiting record was accepted, if any waits."""
-        with self._lock:
-            if self._waiting_records() <= 0:
+        """When the oldest waiting record was accepted, if any waits (the flusher's: it may
+        read a segment; the status table gets it from what the flusher publishes)."""
+        with self.lock:
+            if self._waiting_records() <= 0 or not self._usable():
                 return None
             seq = self._first_waiting()
-            segment = self._segment_of(seq)
+            if self._oldest is not None and self._oldest[0] == seq:
+                return self._oldest[1]
+            segment, _ = self._segment_of(seq)
             if segment is None:
                 return None
+            if seq == segment.first_seq and segment.first_at:
+                self._oldest = (seq, segment.first_at)
+                return segment.first_at
             try:
                 fd = self._open_segment(segment.name, os.O_RDONLY)
             except OSError:
                 return None
             size = segment.size
         try:
-            return _first_accepted_at(fd, size, seq)
+            reader = Reader(fd, len(FILE_MAGIC), size)
+            while (found := reader.next()) is not None:
+                if found.seq >= seq:
+                    self._oldest = (seq, found.accepted_at)
+                    return found.accepted_at
+            return None
         finally:
             os.close(fd)
+            self._after_use()
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.fdatasync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
-            with contextlib.suppress(OSError):
-                self._write_acked()
+        with self.lock:
             if self._dir_fd >= 0:
-                os.close(self._dir_fd)
-                self._dir_fd = -1
+                with contextlib.suppress(OSError):
+                    self._write_ledger()
+            self._close_fds()
+            self._released = False
+        self._group.leave(self)
 
 
-def _acked_in(dir_fd: int) -> int:
-    """The highest sequence number delivered, as the directory's `acked` file says (0 if it
-    has none, or none that reads as a number). Raises OSError for anything but a regular
-    file there (a planted link: never read through it)."""
+def _fill_gap(counts: array[int], missing: int, rows: int) -> None:
+    """Records lost between two known ones: `missing` records that held `rows` rows in all
+    (put on the first of them, so the running total stays exact at every intact record)."""
+    if missing <= 0:
+        return
+    counts.append(max(0, rows))
+    counts.extend([0] * (missing - 1))
+
+
+def _v2_records(data: bytes) -> Iterable[tuple[int, int, bytes, float]]:
+    """The intact records of a segment of the previous format, damage skipped."""
+    pos = len(_V2_MAGIC) if data.startswith(_V2_MAGIC) else 0
+    while pos + _V2_HEADER.size <= len(data):
+        sync, crc, length, seq, kind, accepted_at = _V2_HEADER.unpack_from(data, pos)
+        start = pos + _V2_HEADER.size
+        payload = data[start:start + length]
+        if sync == _V2_SYNC and kind <= KIND_MAX and len(payload) == length and \
+                zlib.crc32(payload, zlib.crc32(data[pos + 8:start])) == crc:
+            yield seq, kind, payload, accepted_at
+            pos = start + length
+            continue
+        found = data.find(_V2_SYNC, pos + 1)
+        if found < 0:
+            return
+        pos = found
+
+
+def inspect_spool(directory: Path) -> tuple[int, int, int, float | None]:
+    """Records and rows waiting, bytes held and the oldest waiting record's time, without
+    changing anything (for `osquery-aws-logger status` while the extension may be running)."""
     try:
-        fd = os.open(ACKED_FILE, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return 0
+        dir_fd = os.open(directory, DIR_FLAGS)
+    except OSError:
+        return 0, 0, 0, None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePath(f"{ACKED_FILE} is not a regular file")
-        return int(os.read(fd, 64).decode().strip() or 0)
-    except ValueError:
-        return 0
+        position = None
+        with contextlib.suppress(OSError):
+            position = Ledger().read(dir_fd)
+        acked, acked_row = position or (0, 0)
+        files = []
+        for first, first_row in segment_files(dir_fd):
+            name = segment_name(first, first_row)
+            with contextlib.suppress(OSError):
+                files.append((first, first_row, name,
+                              os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
+        if not files:
+            return 0, 0, 0, None
+        first_waiting = max(acked + 1, files[0][0])
+        first_waiting_row = max(acked_row, files[0][1])
+        last_seq, last_row = files[-1][0] - 1, files[-1][1]
+        for found in _records_of(dir_fd, files[-1][2], files[-1][3]):
+            last_seq, last_row = max(last_seq, found.seq), max(last_row, found.end_row)
+        records = max(0, last_seq + 1 - first_waiting)
+        if not records:
+            return 0, 0, sum(f[3] for f in files), None
+        holding = [f for f in files if f[0] <= first_waiting] or files[:1]
+        _, _, name, size = holding[-1]
+        oldest = next((r.accepted_at for r in _records_of(dir_fd, name, size)
+                       if r.seq >= first_waiting), None)
+        return records, max(0, last_row - first_waiting_row), sum(f[3] for f in files), oldest
+    finally:
+        os.close(dir_fd)
+
+
+def _records_of(dir_fd: int, name: str, size: int) -> Iterable[SpooledRecord]:
+    """The intact records of one segment, read-only (nothing if it cannot be opened)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        reader = Reader(fd, len(FILE_MAGIC), size)
+        while (found := reader.next()) is not None:
+            yield found
     finally:
         os.close(fd)
 
 
-def _segment_firsts(dir_fd: int) -> list[int]:
-    """The first sequence numbers of the directory's segment files, in order."""
-    return sorted(int(name[:-len(SEGMENT_SUFFIX)]) for name in os.listdir(dir_fd)
-                  if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit())
-
-
-def _first_format(head: bytes) -> bool:
-    """Whether a segment that lacks the magic starts with an intact record of the first
-    format (only such a file is rewritten; damage alone never is)."""
-    if len(head) < _V1_HEADER.size:
-        return False
-    length, crc, kind, _ = _V1_HEADER.unpack_from(head)
-    payload = head[_V1_HEADER.size:_V1_HEADER.size + length]
-    return bool(kind <= KIND_MAX and len(payload) == length and zlib.crc32(payload) == crc)
-
-
-def _first_accepted_at(fd: int, size: int, seq: int) -> float | None:
-    reader = _Reader(fd, len(FILE_MAGIC), size)
-    while (found := reader.next()) is not None:
-        if found.seq >= seq:
-            return found.accepted_at
-    return None
-
-
-def inspect_spool(directory: Path) -> tuple[int, int, float | None]:
-    """Records waiting, bytes held and the oldest waiting record's time, without changing
-    anything (for `osquery-aws-logger status` while the extension may be running)."""
-    try:
-        dir_fd = os.open(directory, DIR_FLAGS)
-    except OSError:
-        return 0, 0, None
-    try:
-        acked = 0
-        with contextlib.suppress(OSError):
-            acked = _acked_in(dir_fd)
-        segments = []
-        for first in _segment_firsts(dir_fd):
-            name = _segment_name(first)
-            with contextlib.suppress(OSError):
-                segments.append((first, name,
-                                 os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
-        if not segments:
-            return 0, 0, None
-        size = sum(s for _, _, s in segments)
-        last_first, last_name, last_size = segments[-1]
-        last_seq = last_first - 1
-        with contextlib.suppress(OSError):
-            fd = os.open(last_name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
-            try:
-                if os.pread(fd, len(FILE_MAGIC), 0) == FILE_MAGIC:
-                    reader = _Reader(fd, len(FILE_MAGIC), last_size)
-                    while (found := reader.next()) is not None:
-                        last_seq = max(last_seq, found.seq)
-                else:  # the first format: count its whole records
-                    data = os.pread(fd, last_size, 0)
-                    offset = 0
-                    while offset + _V1_HEADER.size <= len(data):
-                        length = _V1_HEADER.unpack_from(data, offset)[0]
-                        offset += _V1_HEADER.size + length
-                        if offset <= len(data):
-                            last_seq += 1
-            finally:
-                os.close(fd)
-        first_waiting = max(acked + 1, segments[0][0])
-        records = max(0, last_seq + 1 - first_waiting)
-        oldest = None
-        if records:
-            for index, (first, name, seg_size) in enumerate(segments):
-                end = segments[index + 1][0] if index + 1 < len(segments) else last_seq + 1
-                if first_waiting < end:
-                    with contextlib.suppress(OSError):
-                        fd = os.open(name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
-                        try:
-                            oldest = _first_accepted_at(fd, seg_size, max(first_waiting, first))
-                        finally:
-                            os.close(fd)
-                    break
-        return records, size, oldest
-    finally:
-        os.close(dir_fd)
+__all__ = ["KIND_RESULT", "KIND_STATUS", "SEGMENT_SUFFIX", "Spool", "SpoolGroup",
+           "SpooledRecord", "inspect_spool", "segment_files", "segment_name"]

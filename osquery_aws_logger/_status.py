@@ -12,8 +12,9 @@ from typing import Any, Final
 
 from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
+from ._ledger import LEDGER_FILE
 from ._redact import redact
-from ._spool import ACKED_FILE, SEGMENT_SUFFIX, Spool, inspect_spool
+from ._spool import SEGMENT_SUFFIX, Spool, inspect_spool
 from ._wire import response
 
 TABLE_NAME: Final = "aws_logger_status"
@@ -28,20 +29,23 @@ COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
     ("endpoint", "TEXT", "custom endpoint URL, empty for AWS's own"),
     ("region", "TEXT", "region the client uses"),
     ("state", "TEXT", "ok, retrying, throttled, failing or disabled"),
-    ("accepted", "BIGINT", "lines (log calls) taken from osqueryd since start"),
+    ("accepted", "BIGINT", "lines (log calls, status entries) taken from osqueryd since start"),
+    ("accepted_rows", "BIGINT", "rows in those lines: a batch-format line's rows, else one a line"),
     ("delivered", "BIGINT", "rows AWS accepted since start"),
     ("expanded_rows", "BIGINT", "rows made from batch-format lines (results as events)"),
-    ("retried", "BIGINT", "records sent again after a failure"),
-    ("throttled", "BIGINT", "records refused for throughput"),
+    ("retried", "BIGINT", "rows sent again after a failure"),
+    ("throttled", "BIGINT", "rows refused for throughput"),
     ("put_calls", "BIGINT", "PutRecords/PutRecordBatch calls made"),
-    ("dropped", "BIGINT", "records dropped, all reasons"),
-    ("dropped_oversize", "BIGINT", "over the service's record limit"),
-    ("dropped_cap", "BIGINT", "oldest dropped past buffered_log_max or the byte cap"),
-    ("dropped_invalid", "BIGINT", "not JSON or not UTF-8"),
-    ("dropped_other", "BIGINT", "spool write errors, corrupt records, full disk"),
-    ("spool_records", "BIGINT", "records waiting in the spool"),
-    ("spool_bytes", "BIGINT", "bytes the spool holds"),
+    ("dropped", "BIGINT", "rows dropped, all reasons"),
+    ("dropped_oversize", "BIGINT", "rows over the service's record limit"),
+    ("dropped_cap", "BIGINT", "oldest rows dropped past buffered_log_max or the byte cap"),
+    ("dropped_invalid", "BIGINT", "rows of lines not JSON, not UTF-8, or that could not be shaped"),
+    ("dropped_other", "BIGINT", "rows lost to spool write errors, corrupt records, a full disk"),
+    ("spool_records", "BIGINT", "records (lines) waiting in the spools"),
+    ("waiting_rows", "BIGINT", "rows waiting in the spools"),
+    ("spool_bytes", "BIGINT", "bytes the spools hold"),
     ("oldest_age_seconds", "BIGINT", "age of the oldest undelivered record"),
+    ("draining", "TEXT", "earlier spool directories still being drained, and their rows"),
     ("last_success", "BIGINT", "unix time of the last delivery, 0 if none"),
     ("last_error", "TEXT", "the last error (no secrets)"),
     ("last_error_time", "BIGINT", "unix time of the last error, 0 if none"),
@@ -58,20 +62,18 @@ STALE_SECONDS: Final = 900
 
 def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: str,
                credential_source: str, credential_expires: float) -> dict[str, Any]:
-    """The figures of one plugin: the snapshot its accumulator published, its counters, and
-    its spools' own bookkeeping (read under their locks, never waiting on the network)."""
+    """The figures of one plugin: the snapshot the flusher published, its counters, and its
+    spools' in-memory bookkeeping (read under their locks). No file is read for them: the table
+    is answered on the socket loop, where a read would hold up osqueryd's calls."""
     dropped = dict(counters.dropped)
-    records = size = 0
-    oldest: float | None = None
+    records = size = waiting = 0
     for spool in snapshot.spools:
-        waiting, held = spool.depth()
-        records += waiting
-        size += held
-        if waiting:
-            accepted_at = spool.oldest_accepted_at()
-            if accepted_at is not None and (oldest is None or accepted_at < oldest):
-                oldest = accepted_at
+        held, held_bytes = spool.depth()
+        records += held
+        size += held_bytes
+        waiting += spool.waiting_rows(read=False) if held else 0
     now = time.time()
+    oldest = snapshot.figures.oldest_at if records else None
     return {
         "plugin": snapshot.plugin,
         "service": snapshot.service,
@@ -80,6 +82,7 @@ def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: 
         "region": region,
         "state": counters.state,
         "accepted": counters.accepted,
+        "accepted_rows": counters.accepted_rows,
         "delivered": counters.delivered,
         "expanded_rows": counters.expanded,
         "retried": counters.retried,
@@ -88,13 +91,16 @@ def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: 
         "dropped": sum(dropped.values()),
         "dropped_oversize": dropped["oversize"],
         "dropped_cap": dropped["cap_records"] + dropped["cap_bytes"],
-        "dropped_invalid": dropped["not_json"] + dropped["invalid_utf8"],
+        "dropped_invalid": dropped["not_json"] + dropped["invalid_utf8"] + dropped["malformed"],
         "dropped_other": dropped["spool_error"] + dropped["corrupt"] + dropped["disk_full"],
         "spool_records": records,
+        "waiting_rows": waiting,
         "spool_bytes": size,
-        "oldest_age_seconds": int(now - oldest) if oldest else 0,
+        "oldest_age_seconds": max(0, int(now - oldest)) if oldest else 0,
+        "draining": "; ".join(f"{directory}: {rows} rows"
+                              for directory, rows in snapshot.figures.draining),
         "last_success": int(counters.last_success),
-        "last_error": counters.last_error,
+        "last_error": snapshot.problem or counters.last_error,
         "last_error_time": int(counters.last_error_at),
         "credential_source": credential_source,
         "credential_expires": int(credential_expires or 0),
@@ -138,20 +144,29 @@ def write_state(spool: Spool, row: dict[str, Any]) -> None:
 
 
 def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
-    """Each plugin's last figures from disk, with the spool's depth read afresh (read-only)."""
+    """Each plugin's last figures from disk, with the spool's depth read afresh (read-only).
+    Never raises: a directory that cannot be read gives no rows (see spool_problem)."""
     now = time.time() if now is None else now
     rows = []
-    for directory in sorted(p for p in spool_dir.iterdir() if p.is_dir()) if spool_dir.is_dir() else []:
-        if not any(directory.glob("*" + SEGMENT_SUFFIX)) and not (directory / STATE_FILE).exists() \
-                and not (directory / ACKED_FILE).exists():
+    try:
+        directories = sorted(p for p in spool_dir.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    for directory in directories:
+        try:
+            holds = any(directory.glob("*" + SEGMENT_SUFFIX)) or \
+                (directory / STATE_FILE).exists() or (directory / LEDGER_FILE).exists()
+        except OSError:
+            continue
+        if not holds:
             continue
         row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
         with contextlib.suppress(OSError, ValueError):
             row.update(json.loads((directory / STATE_FILE).read_text()))
-        records, size, oldest = _inspect_plugin(directory)
+        records, waiting, size, oldest = _inspect_plugin(directory)
         row["service"] = row.get("service") or directory.name
         row["plugin"] = row.get("plugin") or f"aws_{directory.name}"
-        row["spool_records"], row["spool_bytes"] = records, size
+        row["spool_records"], row["waiting_rows"], row["spool_bytes"] = records, waiting, size
         row["oldest_age_seconds"] = int(now - oldest) if oldest else 0
         row["state"] = row.get("state") or "unknown"
         row["healthy"] = healthy(row)
@@ -159,18 +174,23 @@ def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any
     return rows
 
 
-def _inspect_plugin(directory: Path) -> tuple[int, int, float | None]:
+def _inspect_plugin(directory: Path) -> tuple[int, int, int, float | None]:
     """A plugin's spool and, once it routes rows, its destinations' spools beside it."""
-    records, size, oldest = inspect_spool(directory)
+    records, waiting, size, oldest = inspect_spool(directory)
     routed = directory / ROUTED_DIR
-    for sub in sorted(routed.iterdir()) if routed.is_dir() else []:
+    try:
+        subs = sorted(routed.iterdir()) if routed.is_dir() else []
+    except OSError:
+        subs = []
+    for sub in subs:
         if sub.is_dir() and not sub.is_symlink():
-            more, held, first = inspect_spool(sub)
+            more, rows, held, first = inspect_spool(sub)
             records += more
+            waiting += rows
             size += held
             if first is not None and (oldest is None or first < oldest):
                 oldest = first
-    return records, size, oldest
+    return records, waiting, size, oldest
 
 
 def healthy(row: dict[str, Any]) -> bool:

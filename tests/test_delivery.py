@@ -319,7 +319,7 @@ def test_every_line_is_delivered_dropped_or_still_spooled_when_it_stops_during_a
         for line in lines[60:]:  # the cap now drops segments the flusher holds in memory
             ext.log("kinesis", line)
         assert ext.terminate() == 0
-    waiting, _, _ = inspect_spool(ext.spool_dir / "kinesis")
+    waiting, _, _, _ = inspect_spool(ext.spool_dir / "kinesis")
     stats = counters(ext)["aws_kinesis"]
     assert stats["delivered"] == 0
     assert stats["dropped"]["cap_records"] + waiting == 300, "no line unaccounted for"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._expand import expand, expand_json
+from osquery_aws_logger._batching import KINESIS_LIMITS
+from osquery_aws_logger._expand import expand
+from osquery_aws_logger._record import KIND_RESULT, SpooledRecord
+from osquery_aws_logger._scan import count_rows
+from osquery_aws_logger._shaper import Rules, shape
 from tests.query_log import QueryRun, batch_line, event_lines
 
 names = st.text(min_size=1, max_size=12)
@@ -69,14 +72,29 @@ def test_a_line_that_only_looks_like_a_batch_is_left_alone() -> None:
     assert expand({"name": "q", "diffResults": {"removed": [], "added": []}}) == []
 
 
+def shaped_events(line: bytes, *, hold: bool = True) -> list[bytes]:
+    """Every record the shaper makes of a batch line with results as events (no I/O)."""
+    rules = Rules(limits=KINESIS_LIMITS, results_as_events=True, record_ids=False,
+                  random_key=False, host_identifier="h", route=lambda status, name: "s")
+    record = SpooledRecord(1, 0, count_rows(line), KIND_RESULT, "", line, 0.0)
+    drops: list[tuple[str, int, str]] = []
+    source = shape(record, rules, lambda r, start, end: line[start:end],
+                   lambda *drop: drops.append(drop))
+    assert not drops
+    out: list[tuple[bytes, int, str]] = []
+    while source is not None and source.left:
+        source.take(out, 7, 1 << 20, lambda *drop: drops.append(drop))  # a few rows at a time
+    assert not drops
+    return [record for record, _, _ in out]
+
+
 @settings(max_examples=300, deadline=None)
 @given(run=runs())
 def test_the_flusher_s_byte_form_is_the_same_json(run: QueryRun) -> None:
-    line = orjson.loads(batch_line(run))
-    found = expand_json(line, orjson.dumps)
-    assert found is not None
-    events, legacy = found
-    # Parsed, with key order (orjson may spell a float differently: 1e16 for 1e+16).
-    assert [dump(json.loads(event)) for event in events] == [dump(json.loads(e))
-                                                              for e in event_lines(run)]
-    assert list(legacy) == [k for k in line if k not in ("diffResults", "snapshot", "action")]
+    line = batch_line(run).encode()
+    assert count_rows(line) == len(event_lines(run))
+    events = shaped_events(line)
+    # log_type first, then exactly osqueryd's event line (orjson may spell a float differently:
+    # 1e16 for 1e+16, so compared parsed, with key order).
+    assert [dump(json.loads(event)) for event in events] == [
+        dump({"log_type": "result", **json.loads(e)}) for e in event_lines(run)]

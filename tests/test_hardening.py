@@ -368,7 +368,7 @@ def test_links_planted_inside_the_spool_are_never_followed(
     (spool / "kinesis").symlink_to(victim_dir)
     firehose = spool / "firehose"
     firehose.mkdir(mode=0o700)
-    (firehose / "acked").symlink_to(victim_file)
+    (firehose / "ledger").symlink_to(victim_file)
     (firehose / "state.json").symlink_to(victim_file)
     with extension_factory(tmp_path, options=aws.options()) as ext:
         lines = result_lines(ext.standin, 50)
@@ -376,7 +376,7 @@ def test_links_planted_inside_the_spool_are_never_followed(
             assert ext.log("kinesis", line).status.code == 0
             assert ext.log("firehose", line).status.code == 0
         wait_for(lambda: len(aws.firehose_lines()) == 50, 30, "firehose delivery")
-        wait_for(lambda: not (firehose / "acked").is_symlink(), 10, "the acked file written")
+        wait_for(lambda: not (firehose / "ledger").is_symlink(), 10, "the ledger written")
         rows = table(ext)
         assert rows["kinesis"]["state"] == "disabled"
         assert "symbolic link" in rows["kinesis"]["last_error"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from osquery_aws_logger._accumulator import Accumulator, Batch
 from osquery_aws_logger._counters import PluginCounters
+from osquery_aws_logger._scan import count_rows
 from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
 from osquery_aws_logger._settings import Settings
 from osquery_aws_logger._spool import KIND_RESULT, Spool
@@ -48,6 +49,12 @@ def make(tmp_path: Path, service: Service = KINESIS, **options: Any
                        host_identifier="local-host"), spool, counters
 
 
+def append_line(spool: Spool, line: str) -> None:
+    """Spool a result line as the thrift side does: with the rows it holds."""
+    data = line.encode()
+    spool.append(KIND_RESULT, data, rows=count_rows(data))
+
+
 def sent_records(batch: Batch) -> list[str]:
     return [entry.data.decode() for entry in batch.entries]
 
@@ -55,7 +62,7 @@ def sent_records(batch: Batch) -> list[str]:
 def test_a_batch_line_ships_as_its_event_lines_in_order(tmp_path: Path) -> None:
     accumulator, spool, counters = make(tmp_path)
     run = run_of(3, removed=2)
-    spool.append(KIND_RESULT, batch_line(run).encode())
+    append_line(spool, batch_line(run))
     (batch,) = accumulator.ready(0.0, draining=True).batches
     assert [json.loads(r) for r in sent_records(batch)] == [with_log_type(e) for e in event_lines(run)]
     assert sent_records(batch)[0] == ordered(with_log_type(event_lines(run)[0]))  # key order too
@@ -68,11 +75,11 @@ def test_event_lines_and_status_pass_unchanged_and_the_option_off_keeps_the_line
         tmp_path: Path) -> None:
     run = run_of(2)
     on, spool, _ = make(tmp_path / "on")
-    spool.append(KIND_RESULT, event_lines(run)[0].encode())
+    append_line(spool, event_lines(run)[0])
     (batch,) = on.ready(0.0, draining=True).batches
     assert [json.loads(r) for r in sent_records(batch)] == [with_log_type(event_lines(run)[0])]
     off, spool, counters = make(tmp_path / "off", aws_logger_results_as_events=False)
-    spool.append(KIND_RESULT, batch_line(run).encode())
+    append_line(spool, batch_line(run))
     (batch,) = off.ready(0.0, draining=True).batches
     assert len(batch.entries) == 1 and "diffResults" in json.loads(batch.entries[0].data)
     assert counters.expanded == 0
@@ -82,7 +89,7 @@ def test_a_row_too_large_is_dropped_alone_and_its_siblings_ship(tmp_path: Path) 
     accumulator, spool, counters = make(tmp_path, FIREHOSE)
     run = run_of(3)
     run.added[1]["blob"] = "x" * 1_100_000  # over Firehose's 1,000 KiB per record
-    spool.append(KIND_RESULT, batch_line(run).encode())
+    append_line(spool, batch_line(run))
     (batch,) = accumulator.ready(0.0, draining=True).batches
     paths = [json.loads(r)["columns"]["path"] for r in sent_records(batch)]
     assert paths == ["/etc/f0", "/etc/f2"]
@@ -94,7 +101,7 @@ def test_a_row_too_large_is_dropped_alone_and_its_siblings_ship(tmp_path: Path) 
 def test_a_line_is_acknowledged_only_when_every_row_is_delivered(tmp_path: Path) -> None:
     accumulator, spool, counters = make(tmp_path)
     run = run_of(4)
-    spool.append(KIND_RESULT, batch_line(run).encode())
+    append_line(spool, batch_line(run))
     (batch,) = accumulator.ready(0.0, draining=True).batches
     accumulator.completed(batch, [None, "InternalFailure", None, None], 0.0)
     assert spool.depth()[0] == 1, "one row undelivered: the line stays spooled"
@@ -106,7 +113,7 @@ def test_a_line_is_acknowledged_only_when_every_row_is_delivered(tmp_path: Path)
 
 def test_expanded_rows_get_record_ids_stable_per_row(tmp_path: Path) -> None:
     accumulator, spool, _ = make(tmp_path, aws_logger_record_ids=True)
-    spool.append(KIND_RESULT, batch_line(run_of(3)).encode())
+    append_line(spool, batch_line(run_of(3)))
     (batch,) = accumulator.ready(0.0, draining=True).batches
     ids = [json.loads(r)["log_id"] for r in sent_records(batch)]
     assert len(set(ids)) == 3 and all(i.endswith(f":1.{n}") for n, i in enumerate(ids))

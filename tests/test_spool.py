@@ -13,15 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._spool import (
-    _LENGTH,
-    FILE_MAGIC,
-    HEADER,
-    KIND_RESULT,
-    KIND_STATUS,
-    SEGMENT_SUFFIX,
-    Spool,
-)
+from osquery_aws_logger._record import FILE_MAGIC, HEADER
+from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
+
+_LENGTH = struct.Struct("<I")  # a record's payload length, 8 bytes into its header
+_KEY_LENGTH = struct.Struct("<H")  # its key's length, the header's last field
+
+
+def _record_size(data: bytes, offset: int) -> int:
+    (length,) = _LENGTH.unpack_from(data, offset + 8)
+    (key_length,) = _KEY_LENGTH.unpack_from(data, offset + HEADER.size - 2)
+    return HEADER.size + key_length + length
 
 
 def make(path: Path, drops: Counter[str] | None = None, **kw: int) -> Spool:
@@ -208,9 +210,9 @@ def _record_spans(path: Path) -> dict[str, list[tuple[int, int]]]:
         data = segment.read_bytes()
         offset, ranges = len(FILE_MAGIC), []
         while offset < len(data):
-            (length,) = _LENGTH.unpack_from(data, offset + 8)
-            ranges.append((offset, offset + HEADER.size + length))
-            offset += HEADER.size + length
+            size = _record_size(data, offset)
+            ranges.append((offset, offset + size))
+            offset += size
         spans[segment.name] = ranges
     return spans
 
@@ -278,24 +280,51 @@ def test_a_damaged_file_magic_costs_nothing(tmp_path: Path) -> None:
     assert [r.data for r in got] == payloads and not drops
 
 
-def test_segments_of_the_first_format_are_migrated_once(tmp_path: Path) -> None:
+def test_segments_of_the_previous_format_are_migrated_once_with_their_rows(tmp_path: Path) -> None:
     path = tmp_path / "s"
     path.mkdir(mode=0o700)
-    old = struct.Struct("<IIBd")
-    firsts = {1: [b'{"a":%d}' % i for i in range(5)], 6: [b'{"b":%d}' % i for i in range(3)]}
-    for first, rows in firsts.items():
-        body = b"".join(old.pack(len(r), zlib.crc32(r), KIND_RESULT, 1.5) + r for r in rows)
-        (path / f"{first:020d}{SEGMENT_SUFFIX}").write_bytes(body + b"\x07torn")
+    old = struct.Struct("<4sIIQBd")  # OQSPOOL2: sync, crc, length, seq, kind, accepted_at
+    sync = b"\xa7\x1eQ\xd3"
+
+    def record(seq: int, payload: bytes) -> bytes:
+        header = old.pack(sync, 0, len(payload), seq, KIND_RESULT, 1.5)
+        crc = zlib.crc32(payload, zlib.crc32(header[8:]))
+        return sync + struct.pack("<I", crc) + header[8:] + payload
+
+    lines = {1: [b'{"a":%d}' % i for i in range(5)], 6: [b'{"b":%d}' % i for i in range(3)]}
+    for first, rows in lines.items():
+        body = b"".join(record(first + i, row) for i, row in enumerate(rows))
+        (path / f"{first:020d}{SEGMENT_SUFFIX}").write_bytes(b"OQSPOOL2" + body + b"\x07torn")
     (path / "acked").write_text("2\n")
     drops: Counter[str] = Counter()
     spool = make(path, drops)
     got = spool.read(100)
     assert [(r.seq, r.data) for r in got] == [(3, b'{"a":2}'), (4, b'{"a":3}'), (5, b'{"a":4}'),
                                               (6, b'{"b":0}'), (7, b'{"b":1}'), (8, b'{"b":2}')]
-    assert got[0].accepted_at == 1.5
-    assert drops["corrupt"] == 1  # the torn tail of the newest
+    assert got[0].accepted_at == 1.5 and [r.rows for r in got] == [1] * 6
+    assert not (path / "acked").exists() and spool.waiting_rows() == 6
     spool.append(KIND_RESULT, b"new")
     assert spool.read(10)[0].seq == 9
+    spool.close()
+    again = make(path, drops)  # once: nothing of the old format is left to migrate
+    assert [r.seq for r in again.read(100)] == [3, 4, 5, 6, 7, 8, 9]
+
+
+def test_rows_are_counted_for_records_dropped_read_or_not(tmp_path: Path) -> None:
+    drops: Counter[str] = Counter()
+    spool = make(tmp_path / "s", drops, max_records=64)
+    for i in range(100):
+        spool.append(KIND_RESULT, b"%d" % i, rows=i % 3)  # 0, 1 or 2 rows a line
+    assert drops["cap_records"] == sum(i % 3 for i in range(36))
+    assert spool.waiting_rows() == sum(i % 3 for i in range(36, 100))
+    held = spool.read(10)  # in the flusher's hands: the spool no longer counts these
+    assert [(r.seq, r.rows) for r in held[:3]] == [(37, 0), (38, 1), (39, 2)]
+    spool.set_caps(20, 1 << 30)
+    never_read = range(46, 80)  # seq 47..80 go unread: counted by the spool, in rows
+    assert drops["cap_records"] == sum(i % 3 for i in range(36)) + sum(i % 3 for i in never_read)
+    spool.close()
+    again = make(tmp_path / "s", drops, max_records=20)
+    assert again.waiting_rows() == sum(i % 3 for i in range(80, 100))
 
 
 def test_lowered_caps_take_effect_at_once(tmp_path: Path) -> None:
@@ -342,9 +371,9 @@ def test_a_link_in_place_of_the_spool_directory_is_refused(tmp_path: Path) -> No
 def _spans_of(data: bytes) -> list[tuple[int, int]]:
     offset, out = len(FILE_MAGIC), []
     while offset < len(data):
-        (length,) = _LENGTH.unpack_from(data, offset + 8)
-        out.append((offset, offset + HEADER.size + length))
-        offset += HEADER.size + length
+        size = _record_size(data, offset)
+        out.append((offset, offset + size))
+        offset += size
     return out
 
 
@@ -355,7 +384,7 @@ def test_damage_is_counted_exactly_whatever_the_read_chunk(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, chunk: int,
         data: st.DataObject) -> None:
     # Tiny chunks make every read cross a record, a header and a sync marker boundary.
-    monkeypatch.setattr("osquery_aws_logger._spool.READ_CHUNK", chunk)
+    monkeypatch.setattr("osquery_aws_logger._record.READ_CHUNK", chunk)
     path = tmp_path_factory.mktemp("edges") / "s"
     payloads = [data.draw(st.binary(max_size=80)) for _ in range(120)]
     spool = make(path, max_records=16 * 40)
