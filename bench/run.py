@@ -40,6 +40,8 @@ from bench.common import (
 from bench.hardening import section_hardening
 from bench.hardening import table_rows as hardening_rows
 from bench.profile import profile_extension, write_markdown
+from bench.rows import section_rows
+from bench.rows import table_rows as rows_rows
 from bench.savings import section_savings
 from bench.savings import table_rows as savings_rows
 from osquery_aws_logger._spool import inspect_spool
@@ -542,6 +544,8 @@ def table(results: dict[str, Any]) -> str:
         rows += hardening_rows(results["hardening"])
     if results.get("batch"):
         rows += batch_rows(results["batch"])
+    if results.get("rows"):
+        rows += rows_rows(results["rows"])
     header = ("figure", "extension", "floor", "ratio / target", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -568,7 +572,7 @@ def histogram(values_ms: list[float], width: int = 50) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
-SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening", "batch")
+SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening", "batch", "rows")
 
 
 def main() -> None:
@@ -600,6 +604,14 @@ def main() -> None:
                         help="rows per batch-format measurement")
     parser.add_argument("--batch-event-rows", type=int, default=6000,
                         help="rows per event-format (and bare) measurement")
+    parser.add_argument("--snapshot-rows", type=int, default=250_000,
+                        help="rows of the big snapshot (section rows)")
+    parser.add_argument("--table-backlog", type=int, default=16_000,
+                        help="2 KB lines, half delivered, half waiting (section rows)")
+    parser.add_argument("--table-calls", type=int, default=1500,
+                        help="log calls timed with and without table queries (section rows)")
+    parser.add_argument("--table-rate", type=float, default=20.0,
+                        help="table queries a second while log calls are timed (section rows)")
     parser.add_argument("--output", help="results JSON (default bench/results.json for a full run, "
                                           "bench/out/results.json for a partial or --quick one)")
     parser.add_argument("--chart", help="chart PNG, '' for none (default beside --output's default)")
@@ -612,6 +624,7 @@ def main() -> None:
         args.profile_seconds = 5.0
         args.giant_line_mb, args.giant_reps, args.ping_count = 8, 1, 200
         args.batch_reps, args.batch_rows, args.batch_event_rows = 1, 2000, 600
+        args.snapshot_rows, args.table_backlog, args.table_calls = 20_000, 2000, 200
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
@@ -633,7 +646,7 @@ def main() -> None:
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
         "cost": section_cost, "profile": section_profile, "drain": section_drain,
         "latency": section_latency, "memory": section_memory, "savings": section_savings,
-        "hardening": section_hardening, "batch": section_batch}
+        "hardening": section_hardening, "batch": section_batch, "rows": section_rows}
     with Drivers(args.drivers) as drivers:
         for name in SECTIONS:
             if name in wanted:
