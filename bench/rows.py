@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Aws
-from tests.harness import RunningExtension, result_lines, wait_for
-from tests.localaws import FaultProxy, MotoServer
-from tests.query_log import QueryRun, batch_line
 from osquery.extensions import Extension
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TTransport
 
+from tests.conftest import Aws
+from tests.harness import RunningExtension, result_lines, wait_for
+from tests.localaws import FaultProxy, MotoServer
+from tests.query_log import QueryRun, batch_line
 from tests.test_hardening import call_bytes, ping_bytes, read_reply
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -308,7 +309,8 @@ class LoggerExtension:
         found = []
         for root in self._earlier:
             directory = root / service
-            if not directory.is_dir() or directory.is_symlink():
+            # os.path answers False where it cannot look (a foreign owner), never raises.
+            if not os.path.isdir(directory) or os.path.islink(directory):
                 continue
             spool = self._spool(directory, counters, group, releasable=True)
             if spool.depth()[0] or spool.children(ROUTED_DIR):

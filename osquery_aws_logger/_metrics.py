@@ -24,13 +24,15 @@ PREFIX: Final = "osquery_aws_logger_"
 #: (metric, type, help, row column) for the figures that are one number per plugin.
 SERIES: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("accepted_total", "counter", "Lines (log calls) taken from osqueryd since start.", "accepted"),
+    ("accepted_rows_total", "counter", "Rows in the lines taken since start.", "accepted_rows"),
     ("delivered_total", "counter", "Rows AWS accepted since start.", "delivered"),
     ("expanded_rows_total", "counter", "Rows made from batch-format lines since start.",
      "expanded_rows"),
-    ("retried_total", "counter", "Records sent again after a failure.", "retried"),
-    ("throttled_total", "counter", "Records refused for throughput.", "throttled"),
+    ("retried_total", "counter", "Rows sent again after a failure.", "retried"),
+    ("throttled_total", "counter", "Rows refused for throughput.", "throttled"),
     ("put_calls_total", "counter", "PutRecords/PutRecordBatch calls made.", "put_calls"),
-    ("spool_records", "gauge", "Records waiting in the spool.", "spool_records"),
+    ("spool_records", "gauge", "Records (lines) waiting in the spools.", "spool_records"),
+    ("waiting_rows", "gauge", "Rows waiting in the spools.", "waiting_rows"),
     ("spool_bytes", "gauge", "Bytes the spool holds.", "spool_bytes"),
     ("oldest_age_seconds", "gauge", "Age of the oldest undelivered record.",
      "oldest_age_seconds"),
@@ -78,7 +80,7 @@ def render(rows: Iterable[dict[str, Any]]) -> str:
     for name, kind, text, column in SERIES:
         family(name, kind, text)
         lines.extend(f"{PREFIX}{name}{_labels(row)} {_number(row.get(column))}" for row in rows)
-    family("dropped_total", "counter", "Records dropped, by reason.")
+    family("dropped_total", "counter", "Rows dropped, by reason.")
     for row in rows:
         lines.extend(f"{PREFIX}dropped_total{_labels(row, reason=reason)} "
                      f"{_number(row.get(column))}" for reason, column in DROP_COLUMNS)

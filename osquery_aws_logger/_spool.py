@@ -1156,7 +1156,7 @@ class Spool:
         """When the oldest waiting record was accepted, if any waits (the flusher's: it may
         read a segment; the status table gets it from what the flusher publishes)."""
         with self.lock:
-            if self._waiting_records() <= 0 or not self._usable():
+            if self._waiting_records() <= 0:
                 return None
             seq = self._first_waiting()
             if self._oldest is not None and self._oldest[0] == seq:
@@ -1167,6 +1167,8 @@ class Spool:
             if seq == segment.first_seq and segment.first_at:
                 self._oldest = (seq, segment.first_at)
                 return segment.first_at
+            if not self._usable():
+                return None
             try:
                 fd = self._open_segment(segment.name, os.O_RDONLY)
             except OSError:
