@@ -128,6 +128,7 @@ class _BatchRows(LineRows):
         self._held = held
         self._index = 0
         self._window_bytes = 1 << 20
+        self._cache: tuple[int, bytes] = (0, b"")  # (line offset, bytes) last read
         self._pos = self._arrays[0].start if self._arrays else 0
         self._in_array = 0  # rows taken from the current array
         self._row = 0  # rows taken from the line (its events' index)
@@ -145,7 +146,7 @@ class _BatchRows(LineRows):
         while self.left and max_rows > 0 and taken_bytes < max_bytes \
                 and self._index < len(self._arrays):
             array = self._arrays[self._index]
-            window, base, final = self._window(array, max_bytes)
+            window, base, final, fresh = self._window(array, max_bytes)
             if window is None:
                 raise Unshippable("corrupt", f"query {self.name or '?'}: its segment could "
                                   f"not be read again")
@@ -183,20 +184,30 @@ class _BatchRows(LineRows):
                 if final:
                     raise Unshippable("malformed", f"a row of query {self.name or '?'} could "
                                       f"not be read back")
-                self._window_bytes *= 2  # a row bigger than the window: widen it
+                if fresh:
+                    self._window_bytes *= 2  # a row wider than a whole window: widen it
+                self._cache = (0, b"")  # read on from the row that did not fit
         if self.left and self._index >= len(self._arrays):
             # Fewer rows than counted when it was spooled: say so, count the rest.
             drop("malformed", self.left, f"query {self.name or '?'}: fewer rows than counted")
             self.left = 0
 
-    def _window(self, array: Any, max_bytes: int) -> tuple[bytes | None, int, bool]:
-        """The bytes rows are read from, the line offset of their first byte, and whether
-        they reach the end of the array."""
+    def _window(self, array: Any, max_bytes: int) -> tuple[bytes | None, int, bool, bool]:
+        """The bytes rows are read from, the line offset of their first byte, whether they
+        reach the end of the array, and whether they were just read."""
         if self._held:
-            return self._record.data, 0, True
+            return self._record.data, 0, True, True
+        start, cached = self._cache
+        if start <= self._pos < start + len(cached):
+            # Still inside the window read last time: a call's worth of small rows is a sliver
+            # of it, so it is read once for many calls, not once per call.
+            return cached, start, start + len(cached) >= array.end, False
         size = max(self._window_bytes, max_bytes + (64 << 10))
         end = min(array.end, self._pos + size)
-        return self._read_span(self._record, self._pos, end), self._pos, end == array.end
+        window = self._read_span(self._record, self._pos, end)
+        if window is not None:
+            self._cache = (self._pos, window)
+        return window, self._pos, end == array.end, True
 
 
 def _dump(value: Any) -> bytes:

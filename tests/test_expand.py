@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,18 +73,23 @@ def test_a_line_that_only_looks_like_a_batch_is_left_alone() -> None:
     assert expand({"name": "q", "diffResults": {"removed": [], "added": []}}) == []
 
 
-def shaped_events(line: bytes, *, hold: bool = True) -> list[bytes]:
-    """Every record the shaper makes of a batch line with results as events (no I/O)."""
+def shaped_events(line: bytes, *, reads: list[int] | None = None) -> list[bytes]:
+    """Every record the shaper makes of a batch line with results as events (no I/O); the
+    bytes of each read of the line again are added to `reads`."""
     rules = Rules(limits=KINESIS_LIMITS, results_as_events=True, record_ids=False,
                   random_key=False, host_identifier="h", route=lambda status, name: "s")
     record = SpooledRecord(1, 0, count_rows(line), KIND_RESULT, "", line, 0.0)
     drops: list[tuple[str, int, str]] = []
-    source = shape(record, rules, lambda r, start, end: line[start:end],
-                   lambda *drop: drops.append(drop))
+    def read_span(_: SpooledRecord, start: int, end: int) -> bytes:
+        if reads is not None:
+            reads.append(end - start)
+        return line[start:end]
+
+    source = shape(record, rules, read_span, lambda *drop: drops.append(drop))
     assert not drops
     out: list[tuple[bytes, int, str]] = []
     while source is not None and source.left:
-        source.take(out, 7, 1 << 20, lambda *drop: drops.append(drop))  # a few rows at a time
+        source.take(out, 7, 2000, lambda *drop: drops.append(drop))  # a few rows at a time
     assert not drops
     return [record for record, _, _ in out]
 
@@ -98,3 +104,17 @@ def test_the_flusher_s_byte_form_is_the_same_json(run: QueryRun) -> None:
     # 1e16 for 1e+16, so compared parsed, with key order).
     assert [dump(json.loads(event)) for event in events] == [
         dump({"log_type": "result", **json.loads(e)}) for e in event_lines(run)]
+
+
+def test_a_big_line_read_again_in_windows_gives_the_same_records_reading_it_about_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows of every size, one far wider than a window, across many window edges.
+    snapshot = [{"i": str(i), "pad": "p" * (i % 97)} for i in range(6000)]
+    snapshot[2500]["blob"] = "b" * 300_000
+    line = batch_line(QueryRun(name="pack_big", snapshot=snapshot)).encode()
+    held = shaped_events(line)
+    monkeypatch.setattr("osquery_aws_logger._shaper.HOLD_BELOW", 0)  # every line read again
+    reads: list[int] = []
+    windowed = shaped_events(line, reads=reads)
+    assert windowed == held and len(held) == 6000
+    assert sum(reads) <= 3 * len(line), "each call's worth is a slice of a window read once"
