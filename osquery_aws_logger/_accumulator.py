@@ -42,7 +42,7 @@ from ._router import (
 from ._service import Service
 from ._settings import ServiceSettings, Settings
 from ._shaper import Rules
-from ._spool import Spool
+from ._spool import SpoolLike
 
 log = logging.getLogger("osquery_aws_logger.flusher")
 
@@ -107,7 +107,7 @@ class DeliverySnapshot:
     state: str
     problem: str = ""  # why the plugin's spool cannot be used, if it cannot
     #: The plugin's spools, for their own live, locked, in-memory figures (depth, rows).
-    spools: tuple[Spool, ...] = ()
+    spools: tuple[SpoolLike, ...] = ()
     figures: SpoolFigures = SpoolFigures()
     destinations: tuple[DestinationSnapshot, ...] = ()
 
@@ -116,9 +116,9 @@ class Accumulator:
     """One logger plugin's delivery state. Only the flusher thread calls it; other threads read
     `published` (a snapshot replaced whole) and the counters, nothing else."""
 
-    def __init__(self, plugin: str, service: Service, intake: Spool, counters: PluginCounters,
+    def __init__(self, plugin: str, service: Service, intake: SpoolLike, counters: PluginCounters,
                  settings: Settings, *, host_identifier: str, now: float = 0.0,
-                 earlier: tuple[Spool, ...] = ()) -> None:
+                 earlier: tuple[SpoolLike, ...] = ()) -> None:
         self.plugin = plugin
         self.service = service
         self.intake = intake
@@ -175,14 +175,10 @@ class Accumulator:
             health = self._health[stream] = Health()
         return health
 
-    def _spool_under(self, parent: Spool, stream: str) -> Spool:
-        return Spool(parent.directory / ROUTED_DIR / routed_dir_name(stream),
-                     max_records=self.settings.buffered_log_max,
-                     max_bytes=self.settings.aws_logger_spool_max_bytes, on_drop=self.counters.drop,
-                     sync_interval=self.intake.sync_interval, group=self.intake.group,
-                     releasable=True, migrate=migrate_routed)
+    def _spool_under(self, parent: SpoolLike, stream: str) -> SpoolLike:
+        return parent.child(ROUTED_DIR, routed_dir_name(stream), migrate=migrate_routed)
 
-    def _routed_spool(self, stream: str) -> Spool:
+    def _routed_spool(self, stream: str) -> SpoolLike:
         """A destination's spool under the plugin's own, made on first use."""
         lane = self._routed.get(stream)
         if lane is None:
@@ -273,7 +269,7 @@ class Accumulator:
     def _all_lanes(self) -> list[Lane]:
         return [*self._direct, *self._routed.values(), *self._foreign]
 
-    def spools(self) -> list[Spool]:
+    def spools(self) -> list[SpoolLike]:
         return [*(intake.spool for intake in self._intakes),
                 *(lane.spool for lane in self._routed.values()),
                 *(lane.spool for lane in self._foreign)]

@@ -35,7 +35,7 @@ from ._scan import count_rows
 from ._server import Server, tune_memory
 from ._service import SERVICES
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
-from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup
+from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup, SpoolLike
 from ._spooldirs import SpoolDirectories
 from ._status import TABLE_NAME, StatusTable
 from ._wire import OK_RESPONSE, response
@@ -66,7 +66,7 @@ class LoggerPlugin:
 
     name: str
     service: str
-    spool: Spool
+    spool: SpoolLike
     counters: PluginCounters
     flusher_wake: Callable[[], None]
     version: Callable[[], str]

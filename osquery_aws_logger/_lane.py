@@ -22,7 +22,7 @@ from ._aggregate import FirehosePack, KplAggregate
 from ._batching import Entry, ServiceLimits, batch_length, oversize
 from ._health import Health
 from ._shaper import Drop, LineRows, Rules, shape
-from ._spool import Spool, SpooledRecord
+from ._spool import SpooledRecord, SpoolLike
 
 #: A record being filled with many rows: a KPL aggregate or a Firehose newline pack.
 Builder = KplAggregate | FirehosePack
@@ -67,7 +67,7 @@ class Ledger:
         if rows > 0:
             self.finish([seq] * rows)
 
-    def acknowledge(self, spool: Spool) -> None:
+    def acknowledge(self, spool: SpoolLike) -> None:
         last = 0
         while self.outstanding and self.outstanding[0] in self.finished:
             last = self.outstanding.popleft()
@@ -103,7 +103,7 @@ class Lane:
     """One destination stream: the spool it reads, what was read and not yet delivered, and
     its health."""
 
-    def __init__(self, stream: str, spool: Spool, *, routed: bool, health: Health) -> None:
+    def __init__(self, stream: str, spool: SpoolLike, *, routed: bool, health: Health) -> None:
         self.stream = stream
         self.spool = spool
         self.routed = routed

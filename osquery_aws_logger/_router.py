@@ -27,7 +27,7 @@ from typing import Final
 from ._lane import READ_RECORDS, Ledger
 from ._scan import count_rows, loads
 from ._shaper import Drop, LineRows, Rules, shape
-from ._spool import KIND_RESULT, Spool
+from ._spool import KIND_RESULT, SpoolLike
 
 #: Most rows moved from the intakes to destination spools per turn of the loop.
 ROUTE_CHUNK_ROWS: Final = 4096
@@ -38,7 +38,7 @@ ROUTED_DIR: Final = "routed"
 _SAFE_NAME: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 #: A destination's own spool, made (or found) on first use.
-SpoolFor = Callable[[str], Spool]
+SpoolFor = Callable[[str], SpoolLike]
 
 
 def routed_dir_name(stream: str) -> str:
@@ -55,7 +55,7 @@ def routed_stream_name(directory: str) -> str:
 class Intake:
     """A spool of lines to route, and the lines read from it and not yet wholly routed."""
 
-    spool: Spool
+    spool: SpoolLike
     ledger: Ledger = field(default_factory=Ledger)
     sources: deque[LineRows] = field(default_factory=deque)
 
@@ -88,7 +88,7 @@ class Router:
         """Route up to a chunk of rows from `intakes`; answer how many rows were moved, and how
         many of them were made by expanding batch-format lines."""
         moved = made = 0
-        touched: dict[int, Spool] = {}
+        touched: dict[int, SpoolLike] = {}
         taken: list[tuple[bytes, int, str]] = []
         for intake in intakes:
             budget = ROUTE_CHUNK_ROWS - moved
@@ -133,11 +133,11 @@ class Router:
                 intake.sources.append(source)
         return bool(records)
 
-    def reroute(self, orphan: Spool, rules: Rules, budget: int) -> int:
+    def reroute(self, orphan: SpoolLike, rules: Rules, budget: int) -> int:
         """Move up to `budget` rows of a destination no longer configured back through the
         current routes; answer how many."""
         records = orphan.read(min(budget, READ_RECORDS), ROUTE_CHUNK_BYTES)
-        touched: dict[int, Spool] = {}
+        touched: dict[int, SpoolLike] = {}
         for record in records:
             target = self._spool_for(_route_of(record.data, rules))
             target.append(record.kind, record.data, rows=record.rows, key=record.key)

@@ -40,7 +40,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from ._ledger import LEDGER_FILE, Ledger
 from ._record import (
@@ -127,6 +127,34 @@ def segment_files(dir_fd: int) -> list[tuple[int, int]]:
         if seq.isdigit() and row.isdigit():
             found.append((int(seq), int(row)))
     return sorted(found)
+
+
+class SpoolLike(Protocol):
+    """What delivery needs of a spool: the on-disk `Spool`, or `MemorySpool` (its test double)."""
+
+    directory: Path
+    dropped_below: int
+    dropped_reason: str
+    problem: str
+
+    @property
+    def group(self) -> SpoolGroup: ...
+    def child(self, *parts: str, migrate: Migration = ...) -> SpoolLike: ...
+    def children(self, name: str) -> list[str]: ...
+    def append(self, kind: int, data: bytes | memoryview, *, rows: int = 1,
+               key: str = "") -> int: ...
+    def read(self, max_records: int, max_bytes: int = ...) -> list[SpooledRecord]: ...
+    def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None: ...
+    def ack(self, through_seq: int) -> None: ...
+    def rewind(self) -> None: ...
+    def depth(self) -> tuple[int, int]: ...
+    def waiting_rows(self, *, read: bool = ...) -> int: ...
+    def pending_unread(self) -> int: ...
+    def oldest_accepted_at(self) -> float | None: ...
+    def set_caps(self, max_records: int, max_bytes: int) -> None: ...
+    def sync(self, *, force: bool = ...) -> None: ...
+    def write_file(self, name: str, data: bytes, *, mode: int = ...) -> bool: ...
+    def close(self) -> None: ...
 
 
 class SpoolGroup:
@@ -514,6 +542,14 @@ class Spool:
     def group(self) -> SpoolGroup:
         return self._group
 
+    def child(self, *parts: str, migrate: Migration = _plain) -> Spool:
+        """The spool of a directory below this one (a routed destination's): the same caps,
+        counters and group; it lets go of its descriptors when idle."""
+        return Spool(self.directory.joinpath(*parts), max_records=self.max_records,
+                     max_bytes=self.max_bytes, on_drop=self._on_drop,
+                     sync_interval=self.sync_interval, group=self._group, releasable=True,
+                     migrate=migrate)
+
     def children(self, name: str) -> list[str]:
         """The directories inside subdirectory `name` of the spool that hold segments, sorted
         (never through a link; none when it is missing or cannot be read)."""
@@ -895,6 +931,10 @@ class Spool:
                 self._on_drop(reason, rows)
         if floor > self.dropped_below:
             self.dropped_below, self.dropped_reason = floor, reason
+        if floor - 1 > self._acked:
+            # Given up is as good as delivered for a restart: never read back (it was counted).
+            # The ledger is written at the flusher's next sync, not on the thrift side.
+            self._acked, self._acked_row = floor - 1, self._row_at(floor)
         if self._read_seq < floor:
             self._read_row = self._row_at(floor)
             self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
@@ -1273,5 +1313,5 @@ def _records_of(dir_fd: int, name: str, size: int) -> Iterable[SpooledRecord]:
         os.close(fd)
 
 
-__all__ = ["KIND_RESULT", "KIND_STATUS", "SEGMENT_SUFFIX", "Spool", "SpoolGroup",
+__all__ = ["KIND_RESULT", "KIND_STATUS", "SEGMENT_SUFFIX", "Spool", "SpoolGroup", "SpoolLike",
            "SpooledRecord", "inspect_spool", "segment_files", "segment_name"]

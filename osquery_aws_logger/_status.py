@@ -14,7 +14,7 @@ from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
 from ._ledger import LEDGER_FILE
 from ._redact import redact
-from ._spool import SEGMENT_SUFFIX, Spool, inspect_spool
+from ._spool import SEGMENT_SUFFIX, SpoolLike, inspect_spool
 from ._wire import response
 
 TABLE_NAME: Final = "aws_logger_status"
@@ -133,7 +133,7 @@ class StatusTable:
         return response(1, "unknown table action")
 
 
-def write_state(spool: Spool, row: dict[str, Any]) -> None:
+def write_state(spool: SpoolLike, row: dict[str, Any]) -> None:
     """Keep the latest figures beside the spool, for `status` when osqueryd is down.
 
     Written through the spool's own directory descriptor (never through a link, and not at all

@@ -1,4 +1,5 @@
-"""The accumulator in process: real spools on tmp_path, outcomes reported by hand, no network."""
+"""The accumulator in process, outcomes reported by hand, no network: every test runs twice, on
+real spools in tmp_path and on the in-memory spool that ships as their test double (no disk)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from osquery_aws_logger._accumulator import ROUTED_DIR, Accumulator, Batch
 from osquery_aws_logger._batching import result_record
 from osquery_aws_logger._counters import PluginCounters
 from osquery_aws_logger._errors import DeliveryError
+from osquery_aws_logger._memspool import MemorySpool, MemoryStore
 from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
 from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, Spool
+from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolLike
 
 HOST = "0f8b1c5e-3d2a-4c1b-9e7f-6a5b4c3d2e1f"  # a UUID host identifier, 36 bytes
 
@@ -28,14 +30,36 @@ def line(index: int, name: str = "pack_test_q", pad: int = 0) -> bytes:
     return json.dumps(row, separators=(",", ":")).encode()
 
 
+class Spools:
+    """Makes the spools of a test: on disk, or in memory (one store, so a spool made again on
+    the same directory finds what was left, as after a restart)."""
+
+    kind = "disk"
+    store = MemoryStore()
+
+
+@pytest.fixture(autouse=True, params=["disk", "memory"])
+def spool_kind(request: pytest.FixtureRequest) -> str:
+    Spools.kind, Spools.store = request.param, MemoryStore()
+    return str(request.param)
+
+
+def new_spool(path: Path, counters: PluginCounters, *, max_records: int,
+              max_bytes: int = 1 << 30) -> SpoolLike:
+    if Spools.kind == "memory":
+        return MemorySpool(path, max_records=max_records, max_bytes=max_bytes,
+                           on_drop=counters.drop, store=Spools.store)
+    return Spool(path, max_records=max_records, max_bytes=max_bytes, on_drop=counters.drop)
+
+
 def make(tmp_path: Path, service: Service = KINESIS, *, spool_cap: int = 100_000,
-         **options: Any) -> tuple[Accumulator, Spool, PluginCounters]:
+         **options: Any) -> tuple[Accumulator, SpoolLike, PluginCounters]:
     counters = PluginCounters()
     stream = options.pop(f"aws_{service.name}_stream", "main")
     settings = Settings(**{f"aws_{service.name}_stream": stream, "buffered_log_max": spool_cap,
                            **options})
-    spool = Spool(tmp_path / service.name, max_records=settings.buffered_log_max,
-                  max_bytes=settings.aws_logger_spool_max_bytes, on_drop=counters.drop)
+    spool = new_spool(tmp_path / service.name, counters, max_records=settings.buffered_log_max,
+                      max_bytes=settings.aws_logger_spool_max_bytes)
     accumulator = Accumulator(f"aws_{service.name}", service, spool, counters, settings,
                               host_identifier="local-host")
     return accumulator, spool, counters
@@ -105,8 +129,7 @@ def test_the_ack_never_passes_an_undelivered_row(tmp_path: Path) -> None:
     assert spool.depth()[0] == 4, "rows 1..4 stay on disk: row 1 is not delivered"
     accumulator.close()
     counters = PluginCounters()
-    reopened = Spool(tmp_path / "kinesis", max_records=100, max_bytes=1 << 30,
-                     on_drop=counters.drop)
+    reopened = new_spool(tmp_path / "kinesis", counters, max_records=100)
     restarted = Accumulator("aws_kinesis", KINESIS, reopened, counters,
                             Settings(aws_kinesis_stream="main"), host_identifier="h")
     assert deliver_all(restarted) == [1, 2, 3, 4], "after a restart: at least once, in order"
@@ -144,8 +167,8 @@ def test_a_failing_route_does_not_hold_back_the_plugins_stream(tmp_path: Path) -
                 accumulator.completed(batch, [None] * len(batch.entries), now)
     assert delivered == list(range(110)), "every row of the main stream, in order"
     assert spool.depth()[0] == 0, "the intake is acknowledged: routed rows wait in their own spool"
-    routed = Spool(tmp_path / "kinesis" / ROUTED_DIR / "typo-stream", max_records=1000,
-                   max_bytes=1 << 30, on_drop=counters.drop)
+    routed = new_spool(tmp_path / "kinesis" / ROUTED_DIR / "typo-stream", counters,
+                       max_records=1000)
     assert routed.depth()[0] == 100
     assert counters.state == "failing"
     states = {d.stream: d.state for d in accumulator.published.destinations}
@@ -244,10 +267,9 @@ def test_across_restarts_every_row_is_delivered_and_nothing_unsent_is_acknowledg
         steps: list[tuple[int, list[bool], bool]]) -> None:
     directory = tmp_path_factory.mktemp("acc")
 
-    def start() -> tuple[Accumulator, Spool]:
+    def start() -> tuple[Accumulator, SpoolLike]:
         counters = PluginCounters()
-        spool = Spool(directory / "kinesis", max_records=100_000, max_bytes=1 << 30,
-                      on_drop=counters.drop)
+        spool = new_spool(directory / "kinesis", counters, max_records=100_000)
         return Accumulator("aws_kinesis", KINESIS, spool, counters,
                            Settings(aws_kinesis_stream="main", **options),
                            host_identifier="h"), spool
@@ -286,7 +308,7 @@ def test_rows_routed_to_a_destination_no_longer_configured_go_through_the_curren
     accumulator.close()
     # Restarted with the route gone: the side stream's rows now go where the settings say
     # (here the plugin's own stream), never stranded in a spool nothing delivers.
-    reopened = Spool(tmp_path / "kinesis", max_records=100, max_bytes=1 << 30, on_drop=counters.drop)
+    reopened = new_spool(tmp_path / "kinesis", counters, max_records=100)
     plain = Accumulator("aws_kinesis", KINESIS, reopened, counters,
                         Settings(aws_kinesis_stream="main"), host_identifier="h")
     sent: dict[str, list[int]] = {}
