@@ -30,9 +30,10 @@ from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
 from ._logs import note_settings
 from ._manager import EXTENSION_NAME, ManagerClient
+from ._platform import tune_memory
 from ._router import ROUTED_DIR, migrate_line
 from ._scan import count_rows
-from ._server import Server, tune_memory
+from ._server import Server
 from ._service import SERVICES
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
 from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup, SpoolLike

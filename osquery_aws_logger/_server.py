@@ -1,9 +1,10 @@
-"""The extension's Thrift server: one epoll loop, where no connection can hold up another.
+"""The extension's Thrift server: one selector loop, where no connection can hold up another.
 
 osqueryd opens a fresh connection for every call (a ping, then the log call) and closes it
 after the answer, so the cost per row is the cost per connection: here one thread accepts,
 reads, answers and closes, with no thread start and no lock per call, and the spool sees the
-lines in order. Every socket is non-blocking and watched by one epoll set, so a peer that
+lines in order. Every socket is non-blocking and watched by one selector (epoll on Linux,
+kqueue on macOS, poll anywhere else: `selectors` picks), so a peer that
 connects and stalls, sends one byte at a time, or is mid-way through a 60 MB snapshot line
 costs the others nothing: each connection is a small state (bytes so far, a scanner that
 knows where its message ends, an answer still to write) with two deadlines, one for silence
@@ -13,11 +14,10 @@ and one for the whole message. A message is parsed once, when all of it is in.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
-import select
+import selectors
 import socket
 import struct
 import time
@@ -26,13 +26,13 @@ from typing import Any, Final
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.transport.TTransport import TTransportException
 
+from ._platform import accept_with_timeout, release_memory, wake_pipe
 from ._wire import MAX_MESSAGE_BYTES, Malformed, MessageScanner, NeedMore, WireCodec
 
 log = logging.getLogger("osquery_aws_logger.server")
 
-_READ: Final = select.EPOLLIN | select.EPOLLRDHUP
-_WRITE: Final = select.EPOLLOUT
-_GONE: Final = select.EPOLLHUP | select.EPOLLERR
+_READ: Final = selectors.EVENT_READ  # a peer's close and errors show as readable too
+_WRITE: Final = selectors.EVENT_WRITE
 _RETRY: Final = (BlockingIOError, InterruptedError)
 #: What a blocking accept() with a kernel timeout raises when nobody connected meanwhile.
 _WAITED: Final = (BlockingIOError, InterruptedError, TimeoutError)
@@ -88,7 +88,8 @@ class Server:
     #: How long accepting pauses when the process is out of descriptors and none can be freed.
     ACCEPT_PAUSE_SECONDS: Final = 1.0
 
-    def __init__(self, path: str, handler: Any) -> None:
+    def __init__(self, path: str, handler: Any, *,
+                 selector: type[selectors.BaseSelector] = selectors.DefaultSelector) -> None:
         self.path = path
         self._codec = WireCodec(handler, handler.log_line)
         self._stopping = False  # a plain flag: the loop reads it every turn
@@ -105,17 +106,18 @@ class Server:
         self._listener.bind(staging)
         self._listener.listen(1024)  # bursts of connects wait for the loop, not fail
         os.replace(staging, path)
-        # The listener blocks, with a kernel timeout: while no connection is open (osqueryd's
-        # calls are answered as they are accepted) the loop sleeps in accept() itself, one
-        # system call per connection less than waiting in epoll first. When epoll says the
-        # listener is readable, a connection is there and accept() does not wait.
-        seconds = int(self.POLL_SECONDS)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack(
-            "ll", seconds, int((self.POLL_SECONDS - seconds) * 1_000_000)))
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._epoll = select.epoll()
-        self._epoll.register(self._listener.fileno(), select.EPOLLIN)
-        self._epoll.register(self._wake_read, select.EPOLLIN)
+        # Where the kernel can time out a blocking accept() (Linux), the listener blocks: while
+        # no connection is open (osqueryd's calls are answered as they are accepted) the loop
+        # sleeps in accept() itself, one system call per connection less than waiting in the
+        # selector first. When the selector says the listener is readable, a connection is
+        # there and accept() does not wait. Elsewhere the listener never blocks.
+        self._blocking_accept = accept_with_timeout(self._listener, self.POLL_SECONDS)
+        if not self._blocking_accept:
+            self._listener.setblocking(False)
+        self._wake_read, self._wake_write = wake_pipe()
+        self._selector = selector()
+        self._selector.register(self._listener.fileno(), _READ)
+        self._selector.register(self._wake_read, _READ)
 
     def stop(self) -> None:
         """Ask the loop to end; safe from any thread or a signal handler."""
@@ -132,39 +134,24 @@ class Server:
         # socket.accept() wraps each connection in a socket object (more syscalls and
         # allocations); the low-level _accept() answers the bare descriptor.
         accept = self._listener._accept  # type: ignore[attr-defined]
-        poll = self._epoll.poll
+        select = self._selector.select
         connections = self._connections
         next_sweep = time.monotonic() + self.POLL_SECONDS
         try:
             while not self._stopping:
-                if not connections and not self._accept_paused_until:
+                if not connections and not self._accept_paused_until and self._blocking_accept:
                     # Nothing open to watch: wait in accept() (see __init__).
-                    try:
-                        conn_fd, _ = accept()
-                    except _WAITED:
-                        now = time.monotonic()
-                    except OSError as exc:
-                        now = time.monotonic()
-                        self._accept_failed(exc, now)
-                    else:
-                        now = time.monotonic()
-                        self._accepted(conn_fd, now)
+                    now = self._accept_one(accept)
                     if now >= next_sweep:
                         next_sweep = now + self.POLL_SECONDS
                         self._sweep(now)
                     continue
-                events = poll(self.POLL_SECONDS)
+                events = select(self.POLL_SECONDS)
                 now = time.monotonic()
-                for fd, mask in events:
+                for key, mask in events:
+                    fd = key.fd
                     if fd == listener:
-                        try:
-                            conn_fd, _ = accept()
-                        except _WAITED:
-                            continue
-                        except OSError as exc:
-                            self._accept_failed(exc, now)
-                            continue
-                        self._accepted(conn_fd, now)
+                        now = self._accept_one(accept)
                     elif fd == self._wake_read:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_read, 512)
@@ -174,7 +161,7 @@ class Server:
                             continue
                         if mask & _WRITE:
                             self._send(connection, now)
-                        elif mask & (_READ | _GONE):
+                        elif mask & _READ:
                             self._receive(connection, now)
                 if now >= next_sweep:
                     next_sweep = now + self.POLL_SECONDS
@@ -182,7 +169,7 @@ class Server:
         finally:
             for fd in list(connections):
                 self._close(connections[fd])
-            self._epoll.close()
+            self._selector.close()
             self._listener.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
@@ -190,6 +177,21 @@ class Server:
                 os.unlink(self.path)
 
     # -- connections --------------------------------------------------------------------------
+
+    def _accept_one(self, accept: Any) -> float:
+        """Take one connection (and answer what it sent, if that is all there is); answer the
+        time after it. With nobody connecting, a blocking accept() gives up at its timeout."""
+        try:
+            fd, _ = accept()
+        except _WAITED:
+            return time.monotonic()
+        except OSError as exc:
+            now = time.monotonic()
+            self._accept_failed(exc, now)
+            return now
+        now = time.monotonic()
+        self._accepted(fd, now)
+        return now
 
     def _accept_failed(self, exc: OSError, now: float) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -201,7 +203,7 @@ class Server:
             else:
                 # Nothing of ours to close: stop watching the listener for a moment rather
                 # than wake for it (and fail) in a tight loop.
-                self._epoll.modify(self._listener.fileno(), 0)
+                self._selector.unregister(self._listener.fileno())
                 self._accept_paused_until = now + self.ACCEPT_PAUSE_SECONDS
                 log.warning("out of file descriptors; not accepting for %.0fs",
                             self.ACCEPT_PAUSE_SECONDS)
@@ -215,7 +217,7 @@ class Server:
         # osqueryd writes its one call right after connecting, and it is small: read it at
         # once, answer, close. Two connections per row take this path, so it keeps no state;
         # only a connection with nothing to read yet, part of a message, or an answer the peer
-        # has not taken becomes a _Connection watched by epoll.
+        # has not taken becomes a _Connection watched by the selector.
         try:
             data = os.read(fd, self.READ_BYTES)
         except _RETRY:
@@ -248,7 +250,7 @@ class Server:
                 # The rest of the answer, or the calls after the first one answered here.
                 connection = self._connection(fd, now)
                 connection.outgoing += reply
-                self._epoll.register(fd, _WRITE)
+                self._selector.register(fd, _WRITE)
                 data = data[used:]
                 if data:
                     connection.buffer = data
@@ -257,12 +259,12 @@ class Server:
                 return
         connection = self._connection(fd, now)
         if data is None:
-            self._epoll.register(fd, _READ)
+            self._selector.register(fd, _READ)
             return
         connection.buffer = data
         self._buffered += len(data)
         if self._answer(connection, now) and not connection.outgoing:
-            self._epoll.register(fd, _READ)
+            self._selector.register(fd, _READ)
 
     def _connection(self, fd: int, now: float) -> _Connection:
         connection = self._connections[fd] = _Connection(fd, now)
@@ -270,12 +272,12 @@ class Server:
 
     def _receive(self, connection: _Connection, now: float) -> None:
         """Read once and answer what is whole: one read per wake-up, so a fast peer (a big
-        message, or calls sent back to back) cannot keep the loop from the others; epoll says
-        when there is more."""
+        message, or calls sent back to back) cannot keep the loop from the others; the selector
+        says when there is more."""
         scanner = connection.scanner
         size = self.READ_BYTES
         if scanner is not None:
-            if self._buffered >= self.BUFFER_BUDGET_BYTES:
+            if self._buffered >= self.BUFFER_BUDGET_BYTES and self._another_reads(connection):
                 self._pause(connection)
                 return
             size = max(size, min(self.BIG_READ_BYTES, scanner.need - len(connection.buffer)))
@@ -300,10 +302,18 @@ class Server:
         self._buffered += len(data)
         self._answer(connection, now)
 
+    def _another_reads(self, connection: _Connection) -> bool:
+        """Whether a big message other than `connection`'s is still being read. Past the budget
+        one always is: were every one paused, none could finish and free the budget (and a
+        paused peer escapes the deadlines, which are for peers, not for our waits). The one
+        left reading is held to the deadlines, so a peer that stalls there is closed."""
+        return any(other is not connection and other.scanner is not None and not other.paused
+                   for other in self._connections.values())
+
     def _pause(self, connection: _Connection) -> None:
         connection.paused = True
         self._paused.add(connection)
-        self._epoll.modify(connection.fd, 0)
+        self._unwatch(connection.fd)
 
     def _resume_paused(self) -> None:
         """Big messages may be read again once the budget has room."""
@@ -312,7 +322,7 @@ class Server:
         for connection in self._paused:
             connection.paused = False
             connection.last_progress = time.monotonic()  # its wait was ours, not the peer's
-            self._epoll.modify(connection.fd, _READ)
+            self._selector.register(connection.fd, _READ)
         self._paused.clear()
 
     def _answer(self, connection: _Connection, now: float) -> bool:
@@ -412,15 +422,19 @@ class Server:
 
     def _watch(self, connection: _Connection, events: int) -> None:
         try:
-            self._epoll.modify(connection.fd, events)
-        except FileNotFoundError:
-            self._epoll.register(connection.fd, events)
+            self._selector.modify(connection.fd, events)
+        except KeyError:
+            self._selector.register(connection.fd, events)
+
+    def _unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
 
     def _sweep(self, now: float) -> None:
         """Close the connections that stalled or have taken too long over one message."""
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._epoll.modify(self._listener.fileno(), select.EPOLLIN)
+            self._selector.register(self._listener.fileno(), _READ)
         for connection in list(self._connections.values()):
             if connection.paused:
                 continue  # waiting for the budget, not for the peer
@@ -443,36 +457,6 @@ class Server:
         connection.paused = False
         self._paused.discard(connection)
         self._connections.pop(fd, None)
-        # Closing removes the descriptor from the epoll set by itself.
+        self._unwatch(fd)  # before the close: the number may be reused at once
         os.close(fd)
         self._resume_paused()
-
-
-def _libc() -> Any:
-    # dlopen(NULL): the process's own symbols, glibc's among them. ctypes.util.find_library
-    # would start a subprocess (ldconfig) to find the same library.
-    try:
-        library = ctypes.CDLL(None)
-    except OSError:
-        return None
-    return library if hasattr(library, "malloc_trim") and hasattr(library, "mallopt") else None
-
-
-_LIBC: Final = _libc()
-#: glibc's mallopt parameter for the size from which allocations get their own mapping.
-_M_MMAP_THRESHOLD: Final = -3
-
-
-def tune_memory() -> None:
-    """Give every allocation of 256 KiB or more its own mapping, returned to the system on
-    free. glibc raises that threshold each time a big block is freed (up to 32 MiB), after
-    which the buffers of one giant line stay in the heap for good; fixing it keeps the
-    resident size near its resting level after a multi-MB snapshot line."""
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the system (after a big message)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)

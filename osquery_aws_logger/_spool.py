@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from ._ledger import LEDGER_FILE, Ledger
+from ._platform import fdatasync
 from ._record import (
     FILE_MAGIC,
     HEADER,
@@ -600,7 +601,7 @@ class Spool:
     def _close_fds(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
-                os.fdatasync(self._fd)
+                fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
             self._dirty_since = 0.0
@@ -885,7 +886,7 @@ class Spool:
         if self._fd >= 0:
             # A closed segment's record count is read from the names at start: make it durable.
             with contextlib.suppress(OSError):
-                os.fdatasync(self._fd)
+                fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
         if self._segments and self._segments[-1].end_seq == self._next_seq and \
@@ -1176,7 +1177,7 @@ class Spool:
             fd = os.dup(self._fd)
             self._dirty_since = 0.0
         try:
-            os.fdatasync(fd)
+            fdatasync(fd)
         except OSError as exc:
             log.error("spool %s: fdatasync failed: %s", self.directory, exc.strerror or exc)
         finally:
