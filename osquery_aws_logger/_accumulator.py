@@ -281,6 +281,7 @@ class Accumulator:
         self.host_identifier = host_identifier
         self.settings = settings
         self.view: ServiceSettings = service.settings(settings)
+        self.limits = service.limits_for(self.view)  # a stream's raised record size, if any
         self._router = _Ledger(intake)
         self._routed: dict[str, _Destination] = {}
         self._direct: _Destination | None = None
@@ -347,6 +348,7 @@ class Accumulator:
         """New settings: caps in force at once, everything read is read again and reshaped."""
         old_stream = self.view.stream
         self.settings, self.view = settings, self.service.settings(settings)
+        self.limits = self.service.limits_for(self.view)
         for spool in self.spools():
             spool.set_caps(settings.buffered_log_max, settings.aws_logger_spool_max_bytes)
         if self.view.stream != old_stream and old_stream in self._health \
@@ -430,7 +432,7 @@ class Accumulator:
         """A spooled line as its rows, each (record, partition key, destination stream): one,
         or one per row of a batch-format line with aws_logger_results_as_events; none if the
         line is dropped. A row too large is dropped on its own; its siblings still ship."""
-        limits = self.service.limits
+        limits = self.limits
         if kind == KIND_RESULT and len(data) > limits.max_record_bytes and \
                 not self.settings.aws_logger_results_as_events and \
                 len(data.strip()) + len(RESULT_PREFIX) - 1 > limits.max_record_bytes:
@@ -504,7 +506,7 @@ class Accumulator:
 
     def _fill(self, lane: _Destination, now: float) -> None:
         """Read from the lane's spool until a call's worth is pending (or the spool is empty)."""
-        limits = self.service.limits
+        limits = self.limits
         while not self._enough_read(lane):
             # Bounded by bytes too: a call's worth of big rows must not mean 500 of them in memory.
             records = lane.spool.read(limits.max_records,
@@ -527,7 +529,7 @@ class Accumulator:
                     self._add(lane, record.seq, row, key, now)
 
     def _enough_read(self, lane: _Destination) -> bool:
-        limits = self.service.limits
+        limits = self.limits
         entries = len(lane.pending) + len(lane.open)
         return entries >= limits.max_records or lane.pending_bytes >= limits.max_call_bytes
 
@@ -570,7 +572,7 @@ class Accumulator:
         lane.pending_bytes -= builder.row_bytes
         entry = Entry(tuple(seq for seq, _ in builder.rows), builder.builder.data(), builder.key,
                       lane.stream)
-        if not oversize(entry, self.service.limits):
+        if not oversize(entry, self.limits):
             self._queue(lane, entry)
             return
         # Only gzip can grow a record past what was counted: send each row on its own.
@@ -578,13 +580,13 @@ class Accumulator:
             single = self.service.builder(self.view, builder.key)
             if single is not None and single.add(row):
                 alone = Entry((seq,), single.data(), builder.key, lane.stream)
-                if not oversize(alone, self.service.limits):
+                if not oversize(alone, self.limits):
                     self._queue(lane, alone)
                     continue
-                if not self.service.limits.uses_partition_key:
+                if not self.limits.uses_partition_key:
                     # A plain row in a stream of gzip members would corrupt the S3 object.
                     self._drop("oversize", f"{len(alone.data)} bytes gzipped, over the "
-                               f"{self.service.limits.max_record_bytes}-byte record limit", now)
+                               f"{self.limits.max_record_bytes}-byte record limit", now)
                     lane.ledger.finish((seq,))
                     continue
             self._queue(lane, Entry((seq,), row, builder.key, lane.stream))
@@ -636,7 +638,7 @@ class Accumulator:
     def _due(self, lane: _Destination, now: float, *, draining: bool) -> bool:
         if lane.in_flight or not lane.health.backoff.ready(now) or not lane.waiting():
             return False
-        if draining or lane.waiting() >= self.service.limits.max_records:
+        if draining or lane.waiting() >= self.limits.max_records:
             return True
         return now >= lane.next_flush_at
 
@@ -646,7 +648,7 @@ class Accumulator:
             return math.inf  # the thrift side wakes the loop once a full batch is waiting
         if not lane.health.backoff.ready(now):
             return lane.health.backoff.retry_at
-        if waiting >= self.service.limits.max_records:
+        if waiting >= self.limits.max_records:
             return now
         return lane.next_flush_at
 
@@ -670,7 +672,7 @@ class Accumulator:
                 self._close_all(lane, now)  # what was read goes out now, as full as it got
                 lane.ledger.acknowledge()  # drops may complete a prefix
                 if lane.pending:
-                    count = batch_length(lane.pending, self.service.limits)
+                    count = batch_length(lane.pending, self.limits)
                     batches.append(Batch(lane.stream, tuple(lane.pending[i] for i in range(count)),
                                          lane, lane.generation))
                     lane.in_flight = True
@@ -731,7 +733,7 @@ class Accumulator:
         else:
             health.backoff.succeeded()
             health.set_state(self._label(lane.stream), "ok", "", now)
-        if lane.waiting() < self.service.limits.max_records:
+        if lane.waiting() < self.limits.max_records:
             # The period's flush is done once no full batch is left: the remainder waits for
             # the next period (or a full batch), instead of trickling out in tiny calls.
             lane.next_flush_at = now + self.view.period
