@@ -126,6 +126,7 @@ class Accumulator:
         self.host_identifier = host_identifier
         self.settings = settings
         self.view: ServiceSettings = service.settings(settings)
+        self.limits = service.limits_for(self.view)
         self._intakes = [Intake(intake), *(Intake(spool) for spool in earlier)]
         self._routed: dict[str, Lane] = {}
         self._foreign: list[Lane] = []  # routed spools of earlier directories: always orphans
@@ -144,7 +145,7 @@ class Accumulator:
     # -- configuration ------------------------------------------------------------------------
 
     def _make_rules(self) -> Rules:
-        return Rules(limits=self.service.limits,
+        return Rules(limits=self.limits,
                      results_as_events=self.settings.aws_logger_results_as_events,
                      record_ids=self.settings.aws_logger_record_ids,
                      random_key=self.view.random_partition_key,
@@ -224,6 +225,7 @@ class Accumulator:
         """New settings: caps in force at once, everything read is read again and reshaped."""
         old_stream = self.view.stream
         self.settings, self.view = settings, self.service.settings(settings)
+        self.limits = self.service.limits_for(self.view)
         for spool in self.spools():
             spool.set_caps(settings.buffered_log_max, settings.aws_logger_spool_max_bytes)
         if self.view.stream != old_stream and old_stream in self._health \
@@ -366,7 +368,7 @@ class Accumulator:
     def _due(self, lane: Lane, now: float, *, draining: bool) -> bool:
         if lane.in_flight or not lane.health.backoff.ready(now) or not lane.waiting():
             return False
-        if draining or lane.waiting() >= self.service.limits.max_records:
+        if draining or lane.waiting() >= self.limits.max_records:
             return True
         return now >= lane.next_flush_at
 
@@ -406,7 +408,7 @@ class Accumulator:
         batches = []
         # More to route than one turn takes: come back at once.
         wake = now if moved and self._more_to_route() else math.inf
-        limits = self.service.limits
+        limits = self.limits
         for lane in self._lanes():
             if lane.in_flight:
                 continue  # its head is out; nothing of it changes until the outcome
@@ -490,7 +492,7 @@ class Accumulator:
         else:
             health.backoff.succeeded()
             health.set_state(self._label(lane.stream), "ok", "", now)
-        if lane.waiting() < self.service.limits.max_records:
+        if lane.waiting() < self.limits.max_records:
             # The period's flush is done once no full batch is left: the remainder waits for
             # the next period (or a full batch), instead of trickling out in tiny calls.
             lane.next_flush_at = now + self.view.period

@@ -5,6 +5,7 @@ Only the flusher thread uses this module; it owns the clients and the credential
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -16,8 +17,10 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import boto3
+import botocore.awsrequest
 import botocore.configloader
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import (
@@ -30,7 +33,8 @@ from botocore.credentials import (
     InstanceMetadataProvider,
     SharedCredentialProvider,
 )
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, InvalidIMDSEndpointError
+from urllib3.exceptions import LocationParseError
 
 from ._errors import DeliveryError
 from ._redact import redact, remember, remember_basic_auth
@@ -54,6 +58,12 @@ HOST_CA_BUNDLES: Final = (
 )
 #: Each connect attempt's limit (see client_config); named in timeout messages.
 CONNECT_TIMEOUT_SECONDS: Final = 5
+#: Each instance metadata request's limit (botocore's own default).
+IMDS_TIMEOUT_SECONDS: Final = 1
+#: Longest single wait between IMDSv2 token attempts. osquery multiplies the wait by
+#: aws_imdsv2_request_interval after each failure without a bound; past a minute the flusher,
+#: which waits here, would hold every plugin's delivery (and a prompt stop) for too long.
+MAX_IMDS_WAIT_SECONDS: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,66 @@ def _profile_credentials(profile: str, environ: Mapping[str, str]) -> Credential
     return None
 
 
+class ImdsFetcher(InstanceMetadataFetcher):  # type: ignore[misc]
+    """botocore's instance metadata fetcher with osquery's IMDSv2 token policy.
+
+    botocore asks for a token `num_attempts` times back to back and, on a 403/404/405 or a
+    timeout, gives up at once and falls back to IMDSv1 (GETs without a token). osquery 5.x
+    (getIMDSToken) makes `aws_imdsv2_request_attempts` attempts, waiting
+    `aws_imdsv2_request_interval` seconds after the first failure and multiplying the wait by
+    that interval after each further one; with `aws_disable_imdsv1_fallback` no request is
+    made without a token. botocore's own `ec2_metadata_v1_disabled` refuses a tokenless GET
+    before it is sent, so only the token attempts are replaced here.
+    """
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str], *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        config: dict[str, Any] = {"ec2_metadata_v1_disabled": settings.aws_disable_imdsv1_fallback}
+        endpoint = environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        if endpoint:
+            config["ec2_metadata_service_endpoint"] = endpoint
+        # num_attempts is botocore's for each GET (with a token); the token's are ours.
+        super().__init__(timeout=IMDS_TIMEOUT_SECONDS, num_attempts=2, env=dict(environ),
+                         config=config)
+        self.attempts = settings.aws_imdsv2_request_attempts
+        self.interval = settings.aws_imdsv2_request_interval
+        self.sleep = sleep
+        #: Token requests made and the waits between them (for the tests and the log line).
+        self.token_requests = 0
+        self.waits: list[float] = []
+
+    def _fetch_metadata_token(self) -> str | None:
+        self._assert_enabled()
+        url = self._construct_url(self._TOKEN_PATH)
+        headers = {"x-aws-ec2-metadata-token-ttl-seconds": self._TOKEN_TTL}
+        self._add_user_agent(headers)
+        request = botocore.awsrequest.AWSRequest(method="PUT", url=url, headers=headers)
+        wait = float(self.interval)
+        reason = ""
+        for attempt in range(1, self.attempts + 1):
+            self.token_requests += 1
+            try:
+                response = self._session.send(request.prepare())
+                if response.status_code == 200 and response.text:
+                    return str(response.text)
+                reason = f"HTTP {response.status_code}"
+            except HTTPClientError as exc:
+                if isinstance(exc.kwargs.get("error"), LocationParseError):
+                    raise InvalidIMDSEndpointError(endpoint=url, error=exc) from None
+                reason = type(exc).__name__
+            if attempt < self.attempts:
+                # osquery also waits after the last attempt, before giving up: no use here.
+                pause = min(wait, MAX_IMDS_WAIT_SECONDS)
+                self.waits.append(pause)
+                self.sleep(pause)
+                wait *= self.interval
+        log.info("no IMDSv2 token from %s after %d attempts (last: %s); %s", url, self.attempts,
+                 reason, "no instance metadata request is made without one "
+                 "(aws_disable_imdsv1_fallback)" if self._imds_v1_disabled
+                 else "falling back to IMDSv1")
+        return None
+
+
 def credential_sources(settings: Settings, environ: Mapping[str, str]
                        ) -> list[tuple[str, Callable[[], Credentials | None]]]:
     """The seed's credential order, each source a name and a loader answering None when absent."""
@@ -104,12 +174,7 @@ def credential_sources(settings: Settings, environ: Mapping[str, str]
         return _profile_credentials("default", environ)
 
     def from_instance_metadata() -> Credentials | None:
-        config = {}
-        endpoint = environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-        if endpoint:
-            config["ec2_metadata_service_endpoint"] = endpoint
-        fetcher = InstanceMetadataFetcher(timeout=1, num_attempts=2, env=dict(environ),
-                                          config=config)
+        fetcher = ImdsFetcher(settings, environ)
         return InstanceMetadataProvider(iam_role_fetcher=fetcher).load()
 
     return [
@@ -240,6 +305,101 @@ def service_region(service: str, settings: Settings, environ: Mapping[str, str])
     return own or settings.aws_region or profile_region(settings, environ) or DEFAULT_REGION
 
 
+class EndpointRefused(ValueError):
+    """No endpoint may be used for a service with these settings (aws_enforce_fips)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _endpoint_data() -> dict[str, Any]:
+    """botocore's own endpoints.json: partitions, their regions, each service's endpoints."""
+    data: dict[str, Any] = botocore.loaders.create_loader().load_data("endpoints")
+    return data
+
+
+def _partition(region: str) -> dict[str, Any] | None:
+    for partition in _endpoint_data()["partitions"]:
+        if region in partition.get("regions", {}) or re.fullmatch(partition["regionRegex"], region):
+            return dict(partition)
+    return None
+
+
+def _hostname(template: str, service: str, region: str, dns_suffix: str) -> str:
+    return template.replace("{service}", service).replace("{region}", region).replace(
+        "{dnsSuffix}", dns_suffix)
+
+
+def fips_endpoint(service: str, region: str) -> str | None:
+    """The FIPS endpoint of `service` in `region` that botocore's endpoint data lists, or None.
+
+    Only endpoints the data names for this service count: a partition's generic
+    `{service}-fips.{region}` pattern exists for every region, whether or not the service runs
+    a FIPS endpoint there. In GovCloud the data names the plain Kinesis and STS hosts as
+    their FIPS endpoints, as osquery's enableFIPSInClientConfig says.
+    """
+    partition = _partition(region)
+    if partition is None:
+        return None
+    entry = partition["services"].get(service, {})
+    endpoint = entry.get("endpoints", {}).get(region)
+    if endpoint is None or endpoint.get("deprecated"):
+        return None
+    for variant in [*endpoint.get("variants", []), *entry.get("defaults", {}).get("variants", [])]:
+        if variant.get("tags") == ["fips"] and variant.get("hostname"):
+            suffix = variant.get("dnsSuffix") or partition["dnsSuffix"]
+            return "https://" + _hostname(variant["hostname"], service, region, suffix)
+    return None
+
+
+def fips_regions(service: str) -> list[str]:
+    """Every region where botocore's endpoint data lists a FIPS endpoint for `service`."""
+    regions = {region for partition in _endpoint_data()["partitions"]
+               for region in partition["services"].get(service, {}).get("endpoints", {})}
+    return sorted(r for r in regions if _partition(r) is not None and fips_endpoint(service, r))
+
+
+def standard_endpoint(service: str, region: str) -> str:
+    """AWS's own endpoint of `service` in `region`, as botocore builds it without FIPS."""
+    partition = _partition(region) or _endpoint_data()["partitions"][0]
+    entry = partition["services"].get(service, {})
+    endpoint = entry.get("endpoints", {}).get(region, {})
+    template = (endpoint.get("hostname") or entry.get("defaults", {}).get("hostname")
+                or partition["defaults"]["hostname"])
+    return "https://" + _hostname(template, service, region, partition["dnsSuffix"])
+
+
+def custom_endpoint(service: str, settings: Settings) -> tuple[str, str]:
+    """The option naming a custom endpoint for `service` ("kinesis", "firehose", "sts"), and
+    its value ("" when AWS's own endpoint is used)."""
+    if service == "sts":
+        return "aws_sts_endpoint", settings.aws_sts_endpoint
+    return f"aws_{service}_endpoint", settings.service(service).endpoint
+
+
+def endpoint_for(service: str, region: str, settings: Settings) -> str:
+    """The URL the client for `service` in `region` sends to: a custom endpoint, the FIPS one
+    with aws_enforce_fips, else AWS's own. Pure (botocore's endpoint data aside).
+
+    Raises EndpointRefused with aws_enforce_fips when the region has no FIPS endpoint for the
+    service, or a custom endpoint is set: nothing may then be sent at all.
+    """
+    option, custom = custom_endpoint(service, settings)
+    if not settings.aws_enforce_fips:
+        return custom or standard_endpoint(service, region)
+    if custom:
+        raise EndpointRefused(
+            f"aws_enforce_fips=true and {option} cannot be used together: a custom endpoint "
+            f"cannot be checked to be FIPS (osquery: \"Cannot override the endpoint when FIPS "
+            f"is enforced\"); unset {option} or aws_enforce_fips")
+    found = fips_endpoint(service, region)
+    if found is None:
+        raise EndpointRefused(
+            f"aws_enforce_fips=true: {service} has no FIPS endpoint in {region} (botocore's "
+            f"endpoint data lists one in {', '.join(fips_regions(service))}); set "
+            f"{'aws_sts_region' if service == 'sts' else f'aws_{service}_region'} or aws_region "
+            f"to one of them")
+    return found
+
+
 def client_config(settings: Settings, *, read_timeout: float) -> Config:
     """botocore settings shared by every client: no retries of its own, bounded timeouts, proxy."""
     proxies = None
@@ -327,6 +487,8 @@ class AwsClients:
         self._refresh_at: float | None = None
         self._clients: dict[str, Any] = {}
         self.regions: dict[str, str] = {}
+        #: The URL each client sends to (endpoint_for), once it is made: the status table's.
+        self.endpoints: dict[str, str] = {}
         self._session: boto3.session.Session | None = None
         self._prepared = PreparedBody()
         self._config = client_config(settings, read_timeout=read_timeout)
@@ -347,18 +509,33 @@ class AwsClients:
         cached = self._clients.get(service)
         if cached is not None:
             return cached
-        if not self._clients or self._session is None:
-            self._session = _session_with(self._credentials(now))
-        endpoint = self.settings.service(service).endpoint or None
         region = service_region(service, self.settings, self.environ)
         self.regions[service] = region
-        client = self._session.client(service, region_name=region, endpoint_url=endpoint,
+        # Before credentials: with FIPS enforced, a service without a FIPS endpoint here must
+        # not even reach STS.
+        url = self._endpoint(service, region)
+        if not self._clients or self._session is None:
+            self._session = _session_with(self._credentials(now))
+        # AWS's own non-FIPS endpoint is left to botocore's resolution; `url` is what it picks.
+        explicit = self.settings.aws_enforce_fips or bool(self.settings.service(service).endpoint)
+        client = self._session.client(service, region_name=region,
+                                      endpoint_url=url if explicit else None,
                                       config=self._config, verify=self.verify)
         if service in PREPARED_OPERATIONS:
             client.meta.events.register(
                 f"before-sign.{service}.{PREPARED_OPERATIONS[service]}", self._prepared.swap)
         self._clients[service] = client
         return client
+
+    def _endpoint(self, service: str, region: str) -> str:
+        """endpoint_for, recorded for the status table; a refusal is an operator's to fix."""
+        try:
+            url = endpoint_for(service, region, self.settings)
+        except EndpointRefused as exc:
+            self.endpoints.pop(service, None)
+            raise DeliveryError("FipsEndpoint", str(exc), retriable=False) from None
+        self.endpoints[service] = url
+        return url
 
     def put_prepared(self, service: str, method: str, params: dict[str, Any], body: bytes) -> Any:
         """Call `method` with `body` as the request's JSON (params only name the stream)."""
@@ -391,10 +568,12 @@ class AwsClients:
 
     def _assume_role(self, base: Credentials) -> tuple[Credentials, float]:
         settings = self.settings
+        region = settings.aws_sts_region or service_region("sts", settings, self.environ)
+        url = self._endpoint("sts", region)
+        explicit = settings.aws_enforce_fips or bool(settings.aws_sts_endpoint)
         sts = _session_with(base).client(
-            "sts", region_name=settings.aws_sts_region or service_region("sts", settings, self.environ),
-            endpoint_url=settings.aws_sts_endpoint or None, config=self._config,
-            verify=self.verify)
+            "sts", region_name=region, endpoint_url=url if explicit else None,
+            config=self._config, verify=self.verify)
         self.assume_role_calls += 1
         try:
             answer = sts.assume_role(RoleArn=settings.aws_sts_arn_role,

@@ -12,6 +12,7 @@ from ._commands import run_command
 from ._extension import ExtensionArgs, run
 from ._flags import add_option_flags, expand_flagfiles
 from ._logs import configure as configure_logging
+from ._logs import set_sdk_level
 from ._settings import OPTIONS, SECRET_OPTIONS
 
 DEFAULT_SOCKET = "/var/osquery/osquery.em"
@@ -53,11 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO,
                       style=args.aws_logger_log_format or "text")
     # thrift logs every refused connect attempt and botocore every request; neither helps an
-    # operator unless asked for.
-    # botocore's DEBUG lines carry request headers (session token) and proxy URLs (password):
-    # never below INFO, even with --verbose.
-    for noisy in ("thrift", "botocore", "urllib3", "boto3"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # operator unless asked for. The SDK's DEBUG lines come only with aws_debug (read with the
+    # settings, at every logger init), never from --verbose alone.
+    logging.getLogger("thrift").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    set_sdk_level(logging.INFO if args.verbose else logging.WARNING)
     # While osqueryd is not (yet) up, thrift's TSocket logs an ERROR for every connect attempt
     # of the wait for the extension manager (about 30 of them); the extension says the one
     # thing that matters itself ("no osquery extension manager answered on ..."), so even

@@ -10,9 +10,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._aws import AwsClients, no_credentials_message, resolve_credentials, service_region
+from ._aws import (
+    AwsClients,
+    EndpointRefused,
+    endpoint_for,
+    no_credentials_message,
+    resolve_credentials,
+    service_region,
+)
 from ._errors import DeliveryError
 from ._flags import add_option_flags
+from ._logs import note_settings
 from ._redact import redact
 from ._retry import delivery_error
 from ._safefs import spool_problem
@@ -176,6 +184,7 @@ def check_main(argv: Sequence[str]) -> int:
                         + (f" (did you mean {close}?)" if close else ""))
     command_line = {s.name: getattr(args, s.name) for s in OPTIONS if getattr(args, s.name) is not None}
     settings, invalid = parse_settings(options, command_line)
+    note_settings(settings)  # secrets to redact, and aws_debug's SDK lines on stderr
     problems += invalid
     for problem in problems:
         say(f"FAIL {problem}")
@@ -189,6 +198,21 @@ def check_main(argv: Sequence[str]) -> int:
         problems.append("no stream set: set aws_kinesis_stream and/or aws_firehose_stream")
         say(f"FAIL {problems[-1]}")
     if invalid:
+        return 1
+    # The endpoint each client will send to; with aws_enforce_fips, a refusal sends nothing.
+    endpoints: dict[str, str] = {}
+    used = [s.name for s in services] + (["sts"] if settings.aws_sts_arn_role else [])
+    for name in used:
+        region = (settings.aws_sts_region if name == "sts" else "") or \
+            service_region(name, settings, os.environ)
+        try:
+            endpoints[name] = endpoint_for(name, region, settings)
+            say(f"ok   {name} endpoint in {region}: {endpoints[name]}"
+                + (" (FIPS)" if settings.aws_enforce_fips else ""))
+        except EndpointRefused as exc:
+            problems.append(f"{name} endpoint: {exc}")
+            say(f"FAIL {problems[-1]}")
+    if len(endpoints) < len(used):
         return 1
     base = resolve_credentials(settings, os.environ)
     if base is None:

@@ -243,6 +243,7 @@ class Flusher:
             row = status_row(
                 snapshot, accumulator.counters,
                 region=clients.regions.get(snapshot.service, "") if clients else "",
+                endpoint=clients.endpoints.get(snapshot.service, "") if clients else "",
                 credential_source=clients.credential_source if clients else "",
                 credential_expires=(clients.expires_at or 0) if clients else 0)
             if self._problem(accumulator):

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 LOG_FORMATS: Final = ("text", "json")
 PROGRAM: Final = "osquery-aws-logger"
+#: The AWS SDK's loggers: what aws_debug turns up to DEBUG.
+SDK_LOGGERS: Final = ("botocore", "boto3", "urllib3")
+#: Longest SDK debug message kept (after redaction, so no secret is cut in two and half shown):
+#: botocore prints whole request parameters and answers, a PutRecords answer of 500 entries
+#: among them; the start says what the call was.
+MAX_SDK_MESSAGE_CHARS: Final = 16_384
 
 
 def iso_time(created: float) -> str:
@@ -41,6 +47,10 @@ class LineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        if len(message) > MAX_SDK_MESSAGE_CHARS and record.name.startswith(SDK_LOGGERS):
+            message = redact(message)
+            message = (message[:MAX_SDK_MESSAGE_CHARS]
+                       + f"... ({len(message) - MAX_SDK_MESSAGE_CHARS} more characters)")
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if self.style == "json":
@@ -57,6 +67,8 @@ class LineFormatter(logging.Formatter):
 
 
 _formatter = LineFormatter()
+#: The SDK loggers' level without aws_debug (INFO with --verbose, else WARNING): set at start.
+_sdk_level = [logging.WARNING]
 
 
 def configure(level: int, *, stream: IO[str] | None = None, style: str = "text") -> None:
@@ -73,6 +85,19 @@ def configure(level: int, *, stream: IO[str] | None = None, style: str = "text")
     # through the handler instead, so it too gets a time and has its secrets redacted.
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+
+
+def set_sdk_level(level: int) -> None:
+    """The SDK loggers' level when aws_debug is off (from --verbose, at start)."""
+    _sdk_level[0] = level
+    set_sdk_debug(False)
+
+
+def set_sdk_debug(on: bool) -> None:
+    """aws_debug: botocore's, boto3's and urllib3's debug lines through the one handler (and so
+    the one redaction), or back to the quiet level. Read again at every logger init."""
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if on else _sdk_level[0])
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -98,9 +123,12 @@ def set_style(style: str) -> None:
 
 def note_settings(settings: Settings) -> None:
     """Settings were (re)read: take their log format and learn their secrets for redaction."""
-    set_style(settings.aws_logger_log_format)
+    # Secrets first: the SDK's debug lines may follow at once.
     remember(settings.aws_secret_access_key, settings.aws_session_token)
     remember_basic_auth(settings.aws_proxy_username, settings.aws_proxy_password)
+    set_style(settings.aws_logger_log_format)
+    set_sdk_debug(settings.aws_debug)
 
 
-__all__ = ["LOG_FORMATS", "LineFormatter", "configure", "iso_time", "note_settings", "set_style"]
+__all__ = ["LOG_FORMATS", "SDK_LOGGERS", "LineFormatter", "configure", "iso_time", "note_settings",
+           "set_sdk_debug", "set_sdk_level", "set_style"]

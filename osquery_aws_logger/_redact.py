@@ -9,6 +9,11 @@ the aws_logger_status table, the metrics file, `check`'s output) passes text thr
 
 The set is process-wide on purpose: the secrets are learnt where credentials are resolved (the
 flusher thread, or `check`), and the log handler that must hide them runs in every thread.
+
+Some secrets are seen before this code could learn them: with aws_debug, botocore logs an STS
+AssumeRole answer (the new secret key and session token) while parsing it, before the
+credentials are handed back, and it logs every request's headers. So the fields and headers
+that carry secrets are masked by their names as well (`FIELDS`), whatever their values.
 """
 
 from __future__ import annotations
@@ -23,6 +28,28 @@ MASK: Final = "<redacted>"
 #: Shorter values are not redacted: a one- or two-character "secret" would mask every
 #: occurrence of that letter in every line, and protects nothing anyway.
 MIN_SECRET_LENGTH: Final = 4
+
+#: Secrets by where they stand rather than by value: STS's XML answer, JSON or a Python dict's
+#: repr (botocore's debug lines), the request headers botocore and urllib3 print (Authorization
+#: carries a signature, X-Amz-Security-Token the session token, Proxy-Authorization the proxy's
+#: BasicAuth, X-aws-ec2-metadata-token the IMDS token) and a URL's user:password@.
+FIELDS: Final = re.compile(
+    r"(?P<xml><(?P<tag>SecretAccessKey|SessionToken|Token)>)[^<]*(?=</(?P=tag)>)"
+    r"|(?P<key>(?<![A-Za-z])[\"']?(?:SecretAccessKey|SessionToken|Token|secret_key|token|"
+    r"aws_secret_access_key|aws_session_token|secret_access_key|session_token)[\"']?\s*[:=]\s*"
+    r"b?[\"']?)[^\"',}\s]+"
+    r"|(?P<header>(?i:(?<![A-Za-z-])(?:authorization|x-amz-security-token|proxy-authorization|"
+    r"x-aws-ec2-metadata-token))[\"']?\s*[:=]\s*(?-i:b)?[\"']?)[^\"'\r\n]+"
+    r"|(?P<userinfo>[a-z][a-z0-9+.-]*://)[^/@\s\"']+@",
+    re.IGNORECASE)
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    kept = match.group("xml") or match.group("key") or match.group("header")
+    if kept is not None:
+        return kept + MASK
+    return match.group("userinfo") + MASK + "@"
+
 
 def _forms(secret: str) -> set[str]:
     """The secret and the spellings it takes on its way into a URL, a header or a JSON text."""
@@ -76,11 +103,14 @@ def remember_basic_auth(username: str, password: str) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with every known secret (in any of its known spellings) replaced by MASK."""
-    pattern = _KNOWN.pattern
-    if pattern is None or not text:
+    """`text` with every known secret (in any of its known spellings), and whatever stands in a
+    secret-bearing field or header (FIELDS), replaced by MASK."""
+    if not text:
         return text
-    return pattern.sub(MASK, text)
+    pattern = _KNOWN.pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    return FIELDS.sub(_mask_field, text)
 
 
 def forget_all() -> None:
@@ -88,4 +118,4 @@ def forget_all() -> None:
     _KNOWN.clear()
 
 
-__all__ = ["MASK", "forget_all", "redact", "remember", "remember_basic_auth"]
+__all__ = ["FIELDS", "MASK", "forget_all", "redact", "remember", "remember_basic_auth"]

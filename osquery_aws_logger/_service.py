@@ -14,7 +14,14 @@ from typing import Any, Final
 
 from ._aggregate import FirehosePack, KplAggregate
 from ._aws import AwsClients
-from ._batching import FIREHOSE_LIMITS, KINESIS_LIMITS, Entry, ServiceLimits, partition_key
+from ._batching import (
+    FIREHOSE_LIMITS,
+    KINESIS_LIMITS,
+    Entry,
+    ServiceLimits,
+    kinesis_limits,
+    partition_key,
+)
 from ._settings import ServiceSettings, Settings
 
 #: A record being filled with many rows: a KPL aggregate or a Firehose newline pack.
@@ -50,6 +57,7 @@ class Service:
     """One AWS service a plugin delivers to."""
 
     name: str
+    #: The limits of a default stream; `limits_for` gives those the settings ask for.
     limits: ServiceLimits
     #: The put call (botocore's operation name, as the fault proxy and CloudTrail show it).
     operation: str
@@ -59,18 +67,24 @@ class Service:
     _failed_count: str
     _describe: Callable[[Any, str], str]
     _view: Callable[[Settings], ServiceSettings]
+    _limits_for: Callable[[ServiceSettings], ServiceLimits]
 
     def settings(self, settings: Settings) -> ServiceSettings:
         """This service's options, typed."""
         return self._view(settings)
 
+    def limits_for(self, view: ServiceSettings) -> ServiceLimits:
+        """What one put call takes with these settings (a Kinesis stream's raised record size)."""
+        return self._limits_for(view)
+
     def builder(self, view: ServiceSettings, key: str) -> Builder | None:
         """An empty record to gather many rows in, or None when rows go one per record."""
         if not view.many_rows_per_record:
             return None
-        if self.limits.uses_partition_key:
-            return KplAggregate(key, self.limits.max_record_bytes)
-        return FirehosePack(self.limits.max_record_bytes, compress=view.compression == "gzip")
+        limits = self.limits_for(view)
+        if limits.uses_partition_key:
+            return KplAggregate(key, limits.aggregate_bytes)
+        return FirehosePack(limits.aggregate_bytes, compress=view.compression == "gzip")
 
     def slot(self, view: ServiceSettings, key: str) -> str:
         """Rows with the same slot share an open builder: one partition key per aggregate,
@@ -112,10 +126,13 @@ def _describe_firehose(client: Any, stream: str) -> str:
 KINESIS: Final = Service(
     name="kinesis", limits=KINESIS_LIMITS, operation="PutRecords", _method="put_records",
     _stream_field="StreamName", _answer_records="Records", _failed_count="FailedRecordCount",
-    _describe=_describe_kinesis, _view=lambda settings: settings.kinesis)
+    _describe=_describe_kinesis, _view=lambda settings: settings.kinesis,
+    _limits_for=lambda view: kinesis_limits(view.max_record_kib))
 FIREHOSE: Final = Service(
     name="firehose", limits=FIREHOSE_LIMITS, operation="PutRecordBatch",
     _method="put_record_batch", _stream_field="DeliveryStreamName",
     _answer_records="RequestResponses", _failed_count="FailedPutCount",
-    _describe=_describe_firehose, _view=lambda settings: settings.firehose)
+    _describe=_describe_firehose, _view=lambda settings: settings.firehose,
+    # Firehose's record limit is fixed (1,000 KiB); only Kinesis streams can raise theirs.
+    _limits_for=lambda view: FIREHOSE_LIMITS)
 SERVICES: Final = {s.name: s for s in (KINESIS, FIREHOSE)}

@@ -48,10 +48,18 @@ MAX_SPOOL_BYTES: Final = 1 << 40
 MAX_SHUTDOWN_SECONDS: Final = 3_600
 
 #: osquery's own aws_* flags that this extension does not read (osquery/utils/aws/aws_util.cpp,
-#: 5.x). A stock osqueryd reports every flag it defines, so these are known, not typos.
-OSQUERY_AWS_FLAGS_NOT_READ: Final = frozenset({
-    "aws_debug", "aws_disable_imdsv1_fallback", "aws_enforce_fips",
-    "aws_imdsv2_request_attempts", "aws_imdsv2_request_interval"})
+#: 5.x). A stock osqueryd reports every flag it defines, so these are known, not typos. Every
+#: aws_* flag of osquery 5.x applies to an extension's AWS clients, so none is left here.
+OSQUERY_AWS_FLAGS_NOT_READ: Final[frozenset[str]] = frozenset()
+
+#: aws_imdsv2_request_attempts: osquery refuses 0 (validateIMDSV2RequestAttempts); past ten
+#: attempts the waits between them (multiplied by the interval each time) run to hours.
+MAX_IMDS_ATTEMPTS: Final = 10
+#: aws_imdsv2_request_interval, in seconds: osquery's uint32 takes 0 (no wait) and up.
+MAX_IMDS_INTERVAL: Final = 60
+#: Kinesis's maximum record size as UpdateMaxRecordSize takes it (MaxRecordSizeInKiB):
+#: 1024 (the default of every stream) to 10240.
+KINESIS_RECORD_KIB_RANGE: Final = (1024, 10240)
 
 #: AWS region names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1, us-isob-east-1.
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+){1,3}-[0-9]{1,2}")
@@ -107,6 +115,27 @@ def _parse_port(text: str) -> int | None:
     if not 1 <= value <= 65535:
         raise ValueError("expected a port number 1-65535")
     return value
+
+
+def _parse_imds_attempts(text: str) -> int:
+    return _whole_number(text, MAX_IMDS_ATTEMPTS, "attempts")
+
+
+def _parse_imds_interval(text: str) -> int:
+    value = text.strip()
+    if value == "0":
+        return 0  # osquery takes 0: attempts back to back
+    return _whole_number(value, MAX_IMDS_INTERVAL, "seconds (or 0)")
+
+
+def _parse_record_kib(text: str) -> int:
+    """MaxRecordSizeInKiB of the stream, as Kinesis takes it: 1024 to 10240."""
+    low, high = KINESIS_RECORD_KIB_RANGE
+    value = text.strip()
+    expected = f"expected the stream's MaxRecordSizeInKiB, a whole number from {low} to {high}"
+    if not _DIGITS.fullmatch(value) or len(value) > 6 or not low <= int(value) <= high:
+        raise ValueError(expected)
+    return int(value)
 
 
 def _parse_sts_timeout(text: str) -> int:
@@ -302,6 +331,18 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_proxy_password", "", _parse_str, "Proxy password"),
     OptionSpec("buffered_log_max", "1000000", _parse_buffered_log_max,
                "Most records kept waiting per plugin (at most 10^9); past it the oldest are dropped"),
+    OptionSpec("aws_enforce_fips", "false", _parse_bool,
+               "Use only FIPS endpoints for Kinesis, Firehose and STS; refuse regions without one "
+               "and custom endpoints"),
+    OptionSpec("aws_disable_imdsv1_fallback", "false", _parse_bool,
+               "Never make an IMDSv1 request: without an IMDSv2 token, no instance metadata"),
+    OptionSpec("aws_imdsv2_request_attempts", "3", _parse_imds_attempts,
+               "Attempts at an IMDSv2 token (1-10)"),
+    OptionSpec("aws_imdsv2_request_interval", "3", _parse_imds_interval,
+               "Seconds to wait after the first failed IMDSv2 token attempt, multiplied by itself "
+               "after each further one (0-60)"),
+    OptionSpec("aws_debug", "false", _parse_bool,
+               "Log the AWS SDK's (botocore, urllib3) debug lines, secrets redacted"),
     # The extension's own options. osqueryd does not define them, so in a config file they are
     # written with the custom_ prefix (custom_aws_logger_spool_dir); on the command line plain.
     OptionSpec("aws_sts_endpoint", "", _parse_endpoint,
@@ -316,6 +357,9 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("aws_logger_plugin_suffix", "", _parse_suffix,
                "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>",
                osquery=False),
+    OptionSpec("aws_kinesis_max_record_size_kib", "1024", _parse_record_kib,
+               "The streams' MaxRecordSizeInKiB (1024-10240): records up to this size are sent, "
+               "larger ones dropped", osquery=False),
     OptionSpec("aws_kinesis_aggregate", "false", _parse_bool,
                "Pack rows into KPL aggregated records (one partition key each)", osquery=False),
     OptionSpec("aws_firehose_pack", "false", _parse_bool,
@@ -375,6 +419,8 @@ class ServiceSettings:
     many_rows_per_record: bool
     compression: str
     random_partition_key: bool
+    #: The stream's MaxRecordSizeInKiB (Kinesis); 0 for a service whose limit is fixed.
+    max_record_kib: int = 0
 
     def route(self, status: bool, query: str) -> str:
         """The stream a row goes to: a route naming its query (or a pack prefix ending in *),
@@ -422,11 +468,17 @@ class Settings:
     aws_proxy_username: str = ""
     aws_proxy_password: str = dataclasses.field(default="", repr=False)
     buffered_log_max: int = 1_000_000
+    aws_enforce_fips: bool = False
+    aws_disable_imdsv1_fallback: bool = False
+    aws_imdsv2_request_attempts: int = 3
+    aws_imdsv2_request_interval: int = 3
+    aws_debug: bool = False
     aws_sts_endpoint: str = ""
     aws_logger_spool_dir: str = "/var/osquery/aws_logger"
     aws_logger_spool_max_bytes: int = 1 << 30
     aws_logger_shutdown_timeout: int = 5
     aws_logger_plugin_suffix: str = ""
+    aws_kinesis_max_record_size_kib: int = 1024
     aws_kinesis_aggregate: bool = False
     aws_firehose_pack: bool = False
     aws_firehose_compression: str = ""
@@ -462,7 +514,8 @@ class Settings:
             routes=self.aws_kinesis_routes, status_stream=self.aws_kinesis_status_stream,
             forwards_status=not self.aws_kinesis_disable_log_status,
             many_rows_per_record=self.aws_kinesis_aggregate, compression="",
-            random_partition_key=self.aws_kinesis_random_partition_key)
+            random_partition_key=self.aws_kinesis_random_partition_key,
+            max_record_kib=self.aws_kinesis_max_record_size_kib)
 
     @property
     def firehose(self) -> ServiceSettings:
@@ -488,6 +541,21 @@ class Settings:
             return f"{option} is empty: set it to the {service} stream to deliver to"
         if self.aws_enable_proxy and (not self.aws_proxy_host or self.aws_proxy_port is None):
             return "aws_enable_proxy=true needs aws_proxy_host and aws_proxy_port"
+        return self.fips_problem(service)
+
+    def fips_problem(self, service: str) -> str | None:
+        """A custom endpoint with aws_enforce_fips: refused, as osquery refuses it, since nothing
+        says the host behind a URL is a FIPS endpoint. STS counts when a role is assumed."""
+        if not self.aws_enforce_fips:
+            return None
+        custom = [(f"aws_{service}_endpoint", self.service(service).endpoint)]
+        if self.aws_sts_arn_role:
+            custom.append(("aws_sts_endpoint", self.aws_sts_endpoint))
+        for option, value in custom:
+            if value:
+                return (f"aws_enforce_fips=true and {option} cannot be used together: a custom "
+                        f"endpoint cannot be checked to be FIPS (osquery: \"Cannot override the "
+                        f"endpoint when FIPS is enforced\"); unset {option} or aws_enforce_fips")
         return None
 
 

@@ -26,7 +26,7 @@ COLUMNS: Final[tuple[tuple[str, str, str], ...]] = (
     ("plugin", "TEXT", "registered logger plugin name"),
     ("service", "TEXT", "kinesis or firehose"),
     ("stream", "TEXT", "stream or delivery stream name"),
-    ("endpoint", "TEXT", "custom endpoint URL, empty for AWS's own"),
+    ("endpoint", "TEXT", "the URL the client sends to (custom, AWS's own or its FIPS one), once known"),
     ("region", "TEXT", "region the client uses"),
     ("state", "TEXT", "ok, retrying, throttled, failing or disabled"),
     ("accepted", "BIGINT", "lines (log calls, status entries) taken from osqueryd since start"),
@@ -61,10 +61,13 @@ STALE_SECONDS: Final = 900
 
 
 def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: str,
-               credential_source: str, credential_expires: float) -> dict[str, Any]:
+               credential_source: str, credential_expires: float,
+               endpoint: str = "") -> dict[str, Any]:
     """The figures of one plugin: the snapshot the flusher published, its counters, and its
     spools' in-memory bookkeeping (read under their locks). No file is read for them: the table
-    is answered on the socket loop, where a read would hold up osqueryd's calls."""
+    is answered on the socket loop, where a read would hold up osqueryd's calls. `endpoint` is
+    the URL its client sends to, once the sender has made one (else the custom endpoint of the
+    settings, if any)."""
     dropped = dict(counters.dropped)
     records = size = waiting = 0
     for spool in snapshot.spools:
@@ -78,7 +81,7 @@ def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: 
         "plugin": snapshot.plugin,
         "service": snapshot.service,
         "stream": snapshot.stream,
-        "endpoint": snapshot.endpoint,
+        "endpoint": endpoint or snapshot.endpoint,
         "region": region,
         "state": counters.state,
         "accepted": counters.accepted,

@@ -366,7 +366,15 @@ class MotoServer:
 # fault proxy
 # --------------------------------------------------------------------------------------------
 
-FaultKind = Literal["throttle", "fail_entries", "error", "drop", "delay", "down", "echo"]
+FaultKind = Literal["throttle", "fail_entries", "error", "drop", "delay", "down", "echo", "large"]
+
+#: AWS's rules for a stream whose MaxRecordSizeInKiB was raised (Kinesis API reference,
+#: PutRecords and UpdateMaxRecordSize; "Handle large records" in the developer guide): each
+#: record up to the stream's size counting its partition key, up to 10 MiB per request
+#: counting the keys, 500 records, keys of 1-256 characters.
+LARGE_RECORD_MAX_KIB = 10240
+LARGE_REQUEST_BYTES = 10 * 1024 * 1024
+
 DownMode = Literal["refuse", "reset"]
 
 
@@ -531,6 +539,9 @@ class FaultProxy:
         self._connections: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
         self._connections_accepted = 0
+        #: Streams played as large-record streams (see large_records): name -> record limit.
+        self._large: dict[str, int] = {}
+        self._large_kept: dict[str, list[tuple[bytes, str]]] = {}
         # Set by stop(): wakes up delayed calls so they are abandoned instead of reaching the
         # (shared, possibly already reset) upstream after the test that queued them is over.
         self._stopping = threading.Event()
@@ -699,6 +710,26 @@ class FaultProxy:
         """
         self._add(_Rule("delay", n, _targets(target), seconds=seconds))
 
+    def large_records(self, stream: str, max_record_kib: int = LARGE_RECORD_MAX_KIB) -> None:
+        """Play `stream` as a Kinesis stream whose MaxRecordSizeInKiB was raised.
+
+        moto refuses every record over 1 MiB, so PutRecords calls naming `stream` are answered
+        here, by AWS's rules for large records (LARGE_*): a call breaking one is refused whole
+        with a ValidationException (400), as AWS and moto refuse a record over the limit;
+        otherwise every record is kept (``large_stream_records``) and the answer is
+        PutRecords' own shape. Every other call still goes to moto.
+        """
+        if not 1024 <= max_record_kib <= LARGE_RECORD_MAX_KIB:
+            raise ValueError("MaxRecordSizeInKiB is 1024 to 10240")
+        with self._cond:
+            self._large[stream] = max_record_kib * 1024
+            self._large_kept.setdefault(stream, [])
+
+    def large_stream_records(self, stream: str) -> list[tuple[bytes, str]]:
+        """The records a large-record stream accepted, as ``(data, partition key)``, in order."""
+        with self._cond:
+            return list(self._large_kept.get(stream, []))
+
     def set_down(self, down: bool, mode: DownMode = "refuse") -> None:
         """Play a dead endpoint, or bring the proxy back on the same port.
 
@@ -803,6 +834,24 @@ class FaultProxy:
     def _down_mode(self) -> DownMode | None:
         with self._cond:
             return self._down
+
+    def _large_limit(self, req: _Request) -> tuple[str, int] | None:
+        if req.operation != "PutRecords":
+            return None
+        try:
+            stream = _stream_name(json.loads(req.body))
+        except (ValueError, TypeError):
+            return None
+        with self._cond:
+            limit = self._large.get(stream)
+        return None if limit is None else (stream, limit)
+
+    def _keep_large(self, stream: str, records: list[tuple[bytes, str]]) -> int:
+        with self._cond:
+            kept = self._large_kept[stream]
+            first = len(kept)
+            kept.extend(records)
+            return first
 
 
 class _ProxyServer(ThreadingHTTPServer):
@@ -944,7 +993,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
 
         rule = proxy._take_rule(req.operation)
-        if rule is None:
+        large = proxy._large_limit(req) if rule is None else None
+        if large is not None:
+            status, headers, body = self._large_put(req, *large)
+            record(status, "large", answer=body)
+            self._respond(status, headers, body)
+        elif rule is None:
             status, headers, body = self._forward(req, req.body)
             record(status, None, answer=body)
             self._respond(status, headers, body)
@@ -1020,6 +1074,40 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         answer[list_key] = merged
         answer[count_key] = int(answer.get(count_key, 0)) + len(failed)
         return status, headers, json.dumps(answer).encode(), failed
+
+    def _large_put(self, req: _Request, stream: str, limit: int
+                   ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """PutRecords to a large-record stream, by AWS's rules (see FaultProxy.large_records)."""
+        doc = json.loads(req.body)
+        records = [(base64.b64decode(r.get("Data", "")), str(r.get("PartitionKey", "")))
+                   for r in doc.get("Records", [])]
+        problem = None
+        if not 1 <= len(records) <= 500:
+            problem = (f"1 validation error detected: Value at 'records' failed to satisfy "
+                       f"constraint: Member must have length between 1 and 500 ({len(records)})")
+        total = 0
+        for index, (data, key) in enumerate(records):
+            size = len(data) + len(key.encode())
+            total += size
+            if problem is None and not 1 <= len(key) <= 256:
+                problem = (f"1 validation error detected: Value at 'records.{index + 1}.member."
+                           f"partitionKey' failed to satisfy constraint: Member must have length "
+                           f"between 1 and 256")
+            if problem is None and size > limit:
+                problem = (f"1 validation error detected: Value at 'records.{index + 1}.member."
+                           f"data' failed to satisfy constraint: Member must have length less "
+                           f"than or equal to {limit} (with its partition key: {size})")
+        if problem is None and total > LARGE_REQUEST_BYTES:
+            problem = (f"Records size exceeds {LARGE_REQUEST_BYTES} bytes for request "
+                       f"(got {total})")
+        if problem is not None:
+            return _error_response(req, "ValidationException", 400, problem)
+        first = self.server.proxy._keep_large(stream, records)
+        answer = {"FailedRecordCount": 0, "EncryptionType": "NONE", "Records": [
+            {"SequenceNumber": f"{49_000_000_000 + first + i:056d}",
+             "ShardId": "shardId-000000000000"} for i in range(len(records))]}
+        return 200, [("Content-Type", req.json_content_type),
+                     ("x-amzn-RequestId", str(uuid.uuid4()))], json.dumps(answer).encode()
 
     # -- upstream -----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,13 +24,24 @@ ROLE = "osquery-host-role"
 class ImdsV2:
     """IMDSv2 as botocore uses it: PUT a token, then read the role's credentials with it.
 
-    Requests without a valid token are refused (401), so only the v2 flow gets credentials.
+    Requests without a valid token are refused (401), so only the v2 flow gets credentials,
+    unless `serve_v1` (an instance whose metadata options still allow IMDSv1). `token_status`
+    makes every token request fail with that status (a hop limit too low, IMDSv2 turned off by
+    a proxy in between, ...). Every request is counted by kind: `token_requests` (PUT
+    /latest/api/token), `v1_requests` (any GET without a token header) and `v2_requests`.
     """
 
     def __init__(self, access_key: str = "ASIAIMDSEXAMPLE", secret_key: str = "imds-secret",
-                 token: str = "imds-session-token") -> None:
+                 token: str = "imds-session-token", *, token_status: int | None = None,
+                 serve_v1: bool = False) -> None:
         self.access_key, self.secret_key, self.token = access_key, secret_key, token
+        self.token_status = token_status
+        self.serve_v1 = serve_v1
         self.requests: list[tuple[str, str]] = []
+        self.token_times: list[float] = []
+        self.v1_requests = 0
+        self.v2_requests = 0
+        lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,15 +49,26 @@ class ImdsV2:
                 pass
 
             def do_PUT(self) -> None:
-                owner.requests.append(("PUT", self.path))
-                if self.path == "/latest/api/token":
-                    self._answer(200, "imds-token-1")
-                else:
+                with lock:
+                    owner.requests.append(("PUT", self.path))
+                    if self.path == "/latest/api/token":
+                        owner.token_times.append(time.monotonic())
+                if self.path != "/latest/api/token":
                     self._answer(404, "")
+                elif owner.token_status is not None:
+                    self._answer(owner.token_status, "")
+                else:
+                    self._answer(200, "imds-token-1")
 
             def do_GET(self) -> None:
-                owner.requests.append(("GET", self.path))
-                if self.headers.get("X-aws-ec2-metadata-token") != "imds-token-1":
+                token = self.headers.get("X-aws-ec2-metadata-token")
+                with lock:
+                    owner.requests.append(("GET", self.path))
+                    if token is None:
+                        owner.v1_requests += 1
+                    else:
+                        owner.v2_requests += 1
+                if token != "imds-token-1" and not (token is None and owner.serve_v1):
                     self._answer(401, "")
                     return
                 base = "/latest/meta-data/iam/security-credentials/"
@@ -72,6 +95,10 @@ class ImdsV2:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def token_requests(self) -> int:
+        return len(self.token_times)
 
     def __enter__(self) -> ImdsV2:
         self._thread.start()
@@ -116,6 +143,18 @@ class TinyProxy:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def connect_targets(self) -> list[str]:
+        """Every host:port a client asked to CONNECT to (HTTPS through the proxy), in order.
+
+        tinyproxy logs the request line before it resolves or reaches the target, so the list
+        holds what was asked for even where the target cannot be reached (no internet here)."""
+        return re.findall(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP", self.log_text())
+
+    def requests(self) -> list[str]:
+        """Every request line tinyproxy took: "CONNECT host:443", "POST http://..."."""
+        return [f"{method} {target}" for method, target in re.findall(
+            r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP", self.log_text())]
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import os
+from typing import Any
 
+import pytest
 from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from osquery_aws_logger import _aggregate
 from osquery_aws_logger._aggregate import KPL_MAGIC, FirehosePack, KplAggregate
 from osquery_aws_logger._batching import FIREHOSE_LIMITS, KINESIS_LIMITS
 
@@ -91,3 +95,21 @@ def test_gzipped_packs_decompress_to_the_rows_and_stay_under_the_limit() -> None
     assert gzip.decompress(data) == b"".join(added)
     # Concatenated members (as S3 holds several records) are one valid gzip stream.
     assert gzip.decompress(data + data) == b"".join(added) * 2
+
+
+def test_the_kpl_checksum_works_on_a_fips_mode_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OpenSSL in FIPS mode, hashlib.md5() raises unless declared usedforsecurity=False
+    (the checksum only guards the aggregate against corruption): play that hashlib."""
+    real_md5 = hashlib.md5
+
+    def fips_md5(data: bytes = b"", *, usedforsecurity: bool = True) -> Any:
+        if usedforsecurity:
+            raise ValueError("[digital envelope routines] unsupported: md5 is not FIPS-approved")
+        return real_md5(data, usedforsecurity=False)
+
+    monkeypatch.setattr(_aggregate.hashlib, "md5", fips_md5)
+    aggregate = KplAggregate("host-1", KINESIS_LIMITS.max_record_bytes)
+    assert aggregate.add(b'{"row":1}')
+    data = aggregate.data()
+    monkeypatch.undo()  # consumers check the digest with a plain md5() of their own
+    assert deaggregate(data, "host-1") == [(b'{"row":1}', "host-1")]

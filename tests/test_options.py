@@ -43,7 +43,7 @@ def readme_options() -> dict[str, tuple[str, bool]]:
     found: dict[str, tuple[str, bool]] = {}
     for row in section.splitlines()[2:]:
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
-        names = re.findall(r"`([a-z_]+)`", cells[0])
+        names = re.findall(r"`([a-z0-9_]+)`", cells[0])
         default = cells[1].strip("`")
         for name in names:
             assert name not in found, f"{name} twice in the README"

@@ -28,6 +28,7 @@ class ScriptedClients:
         self.calls: list[tuple[str, list[int]]] = []
         self.invalidated = 0
         self.regions = {"kinesis": "us-east-1"}
+        self.endpoints = {"kinesis": "https://kinesis.us-east-1.amazonaws.com"}
         self.credential_source = "scripted"
         self.expires_at = None
         self.read_timeout = 10.0
@@ -106,4 +107,5 @@ def test_an_error_only_an_operator_can_fix_waits_the_whole_cap(tmp_path: Path) -
     assert flusher.turn(60.0, draining=True)[0] and counters.state == "ok"
     rows = flusher.rows()
     assert rows[0]["state"] == "ok" and rows[0]["credential_source"] == "scripted"
+    assert rows[0]["endpoint"] == "https://kinesis.us-east-1.amazonaws.com"  # the client's own
     assert rows[0]["spool_records"] == 0 and rows[0]["delivered"] == 5
