@@ -299,10 +299,27 @@ def profile_region(settings: Settings, environ: Mapping[str, str]) -> str:
     return str(profile.get("region", ""))
 
 
-def service_region(service: str, settings: Settings, environ: Mapping[str, str]) -> str:
-    """Region for "kinesis", "firehose" or "sts": its own flag, aws_region, the profile, us-east-1."""
-    own = settings.service(service).region if service in ("kinesis", "firehose") else ""
-    return own or settings.aws_region or profile_region(settings, environ) or DEFAULT_REGION
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the client of one AWS service goes, as the settings say: botocore's name for the
+    service, its own region and custom endpoint (empty: fall back), and the options that set
+    them (named in messages). A delivery service's comes from its `Service`; STS's from here."""
+
+    service: str
+    region: str = ""
+    region_option: str = ""
+    custom: str = ""
+    custom_option: str = ""
+
+
+def sts_endpoint(settings: Settings) -> Endpoint:
+    return Endpoint("sts", settings.aws_sts_region, "aws_sts_region", settings.aws_sts_endpoint,
+                    "aws_sts_endpoint")
+
+
+def service_region(target: Endpoint, settings: Settings, environ: Mapping[str, str]) -> str:
+    """A client's region: its own option, aws_region, the profile's, us-east-1."""
+    return target.region or settings.aws_region or profile_region(settings, environ) or DEFAULT_REGION
 
 
 class EndpointRefused(ValueError):
@@ -367,37 +384,32 @@ def standard_endpoint(service: str, region: str) -> str:
     return "https://" + _hostname(template, service, region, partition["dnsSuffix"])
 
 
-def custom_endpoint(service: str, settings: Settings) -> tuple[str, str]:
-    """The option naming a custom endpoint for `service` ("kinesis", "firehose", "sts"), and
-    its value ("" when AWS's own endpoint is used)."""
-    if service == "sts":
-        return "aws_sts_endpoint", settings.aws_sts_endpoint
-    return f"aws_{service}_endpoint", settings.service(service).endpoint
-
-
-def endpoint_for(service: str, region: str, settings: Settings) -> str:
-    """The URL the client for `service` in `region` sends to: a custom endpoint, the FIPS one
+def endpoint_for(target: Endpoint, region: str, settings: Settings) -> str:
+    """The URL the client for `target` in `region` sends to: a custom endpoint, the FIPS one
     with aws_enforce_fips, else AWS's own. Pure (botocore's endpoint data aside).
 
     Raises EndpointRefused with aws_enforce_fips when the region has no FIPS endpoint for the
     service, or a custom endpoint is set: nothing may then be sent at all.
     """
-    option, custom = custom_endpoint(service, settings)
+    service, option, custom = target.service, target.custom_option, target.custom
     if not settings.aws_enforce_fips:
         return custom or standard_endpoint(service, region)
     if custom:
-        raise EndpointRefused(
-            f"aws_enforce_fips=true and {option} cannot be used together: a custom endpoint "
-            f"cannot be checked to be FIPS (osquery: \"Cannot override the endpoint when FIPS "
-            f"is enforced\"); unset {option} or aws_enforce_fips")
+        raise EndpointRefused(fips_custom_refusal(option))
     found = fips_endpoint(service, region)
     if found is None:
         raise EndpointRefused(
             f"aws_enforce_fips=true: {service} has no FIPS endpoint in {region} (botocore's "
             f"endpoint data lists one in {', '.join(fips_regions(service))}); set "
-            f"{'aws_sts_region' if service == 'sts' else f'aws_{service}_region'} or aws_region "
-            f"to one of them")
+            f"{target.region_option} or aws_region to one of them")
     return found
+
+
+def fips_custom_refusal(option: str) -> str:
+    """Why a custom endpoint is refused with aws_enforce_fips (osquery refuses it too)."""
+    return (f"aws_enforce_fips=true and {option} cannot be used together: a custom endpoint "
+            f"cannot be checked to be FIPS (osquery: \"Cannot override the endpoint when FIPS "
+            f"is enforced\"); unset {option} or aws_enforce_fips")
 
 
 def client_config(settings: Settings, *, read_timeout: float) -> Config:
@@ -447,10 +459,6 @@ def _session_with(credentials: Credentials) -> boto3.session.Session:
     return boto3.session.Session(botocore_session=core)
 
 
-#: The put calls whose JSON body the flusher writes itself (see PreparedBody).
-PREPARED_OPERATIONS: Final = {"kinesis": "PutRecords", "firehose": "PutRecordBatch"}
-
-
 class PreparedBody:
     """Puts a request body the flusher wrote itself in place of botocore's, before signing.
 
@@ -475,9 +483,12 @@ class AwsClients:
     credentials can be had right now; the records wait in the spool meanwhile.
     """
 
-    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time, read_timeout: float = 10.0) -> None:
+    def __init__(self, settings: Settings, targets: Mapping[str, Endpoint] | None = None, *,
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time,
+                 read_timeout: float = 10.0) -> None:
         self.settings = settings
+        #: Where each service's client goes, by botocore's service name (see Service.endpoint).
+        self.targets = dict(targets or {})
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.read_timeout = read_timeout
@@ -509,32 +520,33 @@ class AwsClients:
         cached = self._clients.get(service)
         if cached is not None:
             return cached
-        region = service_region(service, self.settings, self.environ)
+        target = self.targets.get(service) or Endpoint(service)
+        region = service_region(target, self.settings, self.environ)
         self.regions[service] = region
         # Before credentials: with FIPS enforced, a service without a FIPS endpoint here must
         # not even reach STS.
-        url = self._endpoint(service, region)
+        url = self._endpoint(target, region)
         if not self._clients or self._session is None:
             self._session = _session_with(self._credentials(now))
         # AWS's own non-FIPS endpoint is left to botocore's resolution; `url` is what it picks.
-        explicit = self.settings.aws_enforce_fips or bool(self.settings.service(service).endpoint)
+        explicit = self.settings.aws_enforce_fips or bool(target.custom)
         client = self._session.client(service, region_name=region,
                                       endpoint_url=url if explicit else None,
                                       config=self._config, verify=self.verify)
-        if service in PREPARED_OPERATIONS:
-            client.meta.events.register(
-                f"before-sign.{service}.{PREPARED_OPERATIONS[service]}", self._prepared.swap)
+        # Any call of the service may carry a body the flusher wrote (put_prepared); the swap
+        # does nothing for the others.
+        client.meta.events.register(f"before-sign.{service}", self._prepared.swap)
         self._clients[service] = client
         return client
 
-    def _endpoint(self, service: str, region: str) -> str:
+    def _endpoint(self, target: Endpoint, region: str) -> str:
         """endpoint_for, recorded for the status table; a refusal is an operator's to fix."""
         try:
-            url = endpoint_for(service, region, self.settings)
+            url = endpoint_for(target, region, self.settings)
         except EndpointRefused as exc:
-            self.endpoints.pop(service, None)
+            self.endpoints.pop(target.service, None)
             raise DeliveryError("FipsEndpoint", str(exc), retriable=False) from None
-        self.endpoints[service] = url
+        self.endpoints[target.service] = url
         return url
 
     def put_prepared(self, service: str, method: str, params: dict[str, Any], body: bytes) -> Any:
@@ -568,9 +580,10 @@ class AwsClients:
 
     def _assume_role(self, base: Credentials) -> tuple[Credentials, float]:
         settings = self.settings
-        region = settings.aws_sts_region or service_region("sts", settings, self.environ)
-        url = self._endpoint("sts", region)
-        explicit = settings.aws_enforce_fips or bool(settings.aws_sts_endpoint)
+        target = sts_endpoint(settings)
+        region = service_region(target, settings, self.environ)
+        url = self._endpoint(target, region)
+        explicit = settings.aws_enforce_fips or bool(target.custom)
         sts = _session_with(base).client(
             "sts", region_name=region, endpoint_url=url if explicit else None,
             config=self._config, verify=self.verify)

@@ -17,6 +17,7 @@ from ._aws import (
     no_credentials_message,
     resolve_credentials,
     service_region,
+    sts_endpoint,
 )
 from ._errors import DeliveryError
 from ._flags import add_option_flags
@@ -24,7 +25,7 @@ from ._logs import note_settings
 from ._redact import redact
 from ._retry import delivery_error
 from ._safefs import spool_problem
-from ._service import SERVICES, Service
+from ._service import SERVICES, Service, clients_for
 from ._settings import (
     CUSTOM_PREFIX,
     OPTION_NAMES,
@@ -201,16 +202,16 @@ def check_main(argv: Sequence[str]) -> int:
         return 1
     # The endpoint each client will send to; with aws_enforce_fips, a refusal sends nothing.
     endpoints: dict[str, str] = {}
-    used = [s.name for s in services] + (["sts"] if settings.aws_sts_arn_role else [])
-    for name in used:
-        region = (settings.aws_sts_region if name == "sts" else "") or \
-            service_region(name, settings, os.environ)
+    used = [s.endpoint(settings) for s in services] + (
+        [sts_endpoint(settings)] if settings.aws_sts_arn_role else [])
+    for target in used:
+        region = service_region(target, settings, os.environ)
         try:
-            endpoints[name] = endpoint_for(name, region, settings)
-            say(f"ok   {name} endpoint in {region}: {endpoints[name]}"
+            endpoints[target.service] = endpoint_for(target, region, settings)
+            say(f"ok   {target.service} endpoint in {region}: {endpoints[target.service]}"
                 + (" (FIPS)" if settings.aws_enforce_fips else ""))
         except EndpointRefused as exc:
-            problems.append(f"{name} endpoint: {exc}")
+            problems.append(f"{target.service} endpoint: {exc}")
             say(f"FAIL {problems[-1]}")
     if len(endpoints) < len(used):
         return 1
@@ -222,11 +223,11 @@ def check_main(argv: Sequence[str]) -> int:
     if origin == "flags":
         origin = _credential_origin(settings, args, config_options, flagfile_options)
     say(f"ok   credentials from {origin}")
-    clients = AwsClients(settings)
+    clients = clients_for(settings)
     for service in services:
         for stream in _streams(settings, service):
             label = f"{service.name} {stream!r} in " \
-                f"{service_region(service.name, settings, os.environ)}"
+                f"{service_region(service.endpoint(settings), settings, os.environ)}"
             try:
                 problems += _check_stream(clients, service, stream, label,
                                           send_test=args.send_test)

@@ -34,7 +34,7 @@ from ._platform import tune_memory
 from ._router import ROUTED_DIR, migrate_line
 from ._scan import count_rows
 from ._server import Server
-from ._service import SERVICES
+from ._service import SERVICES, Service
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
 from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup, SpoolLike
 from ._spooldirs import SpoolDirectories
@@ -43,8 +43,6 @@ from ._wire import OK_RESPONSE, response
 
 log = logging.getLogger("osquery_aws_logger")
 
-#: The names osquery's own AWS loggers have; stock builds compile them in.
-BASE_PLUGIN_NAMES: Final = {"kinesis": "aws_kinesis", "firehose": "aws_firehose"}
 #: Suffix used when osqueryd already has plugins of the base names.
 CLASH_SUFFIX: Final = "_ext"
 #: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
@@ -66,23 +64,22 @@ class LoggerPlugin:
     """One registered logger plugin: it only hands lines to its spool and returns."""
 
     name: str
-    service: str
+    service: Service
     spool: SpoolLike
     counters: PluginCounters
     flusher_wake: Callable[[], None]
     version: Callable[[], str]
     settings: Callable[[], Settings]
     host_identifier: str
-    batch_records: int = 500
 
     def forwards_status(self) -> bool:
-        return not (self.service == "kinesis" and self.settings().aws_kinesis_disable_log_status)
+        return self.service.settings(self.settings()).forwards_status
 
     def _spool(self, kind: int, data: bytes | memoryview, rows: int = 1) -> None:
         self.counters.accepted += 1
         self.counters.accepted_rows += rows
         waiting = self.spool.append(kind, data, rows=rows)
-        if waiting and waiting % self.batch_records == 0:
+        if waiting and waiting % self.service.limits.max_records == 0:
             # Each full batch wakes the flusher once; waking it per line past the first batch
             # would cost a loop turn per line while it is backing off.
             self.flusher_wake()
@@ -196,7 +193,8 @@ class Handler:
 
 
 def plugin_names(suffix: str) -> dict[str, str]:
-    return {service: name + suffix for service, name in BASE_PLUGIN_NAMES.items()}
+    """Each service's logger plugin name (osquery's own AWS loggers' names), with `suffix`."""
+    return {service.name: service.plugin + suffix for service in SERVICES.values()}
 
 
 @dataclass
@@ -284,10 +282,10 @@ class LoggerExtension:
             log.error("osqueryd refused to register the extension: %s", exc)
             self.flusher.stop(0)
             return 1
-        for channel, (service, name) in zip(channels, names.items(), strict=True):
+        for channel, name in zip(channels, names.values(), strict=True):
             channel.plugin = name
             self.plugins[name] = LoggerPlugin(
-                name, service, channel.intake, channel.counters, self.flusher.wake,
+                name, channel.service, channel.intake, channel.counters, self.flusher.wake,
                 lambda: self._version, lambda: self.settings, host)
         self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
             self.plugins, self._reread.set, self.stopping.set, StatusTable(self.flusher.rows)))
@@ -346,11 +344,12 @@ class LoggerExtension:
                 raise
         names = plugin_names(CLASH_SUFFIX)
         log.warning(
-            "osqueryd already has logger plugins named aws_kinesis and aws_firehose (stock "
-            "osquery builds compile in its own AWS loggers). Registered this extension's as "
+            "osqueryd already has logger plugins named %s (stock osquery builds compile in its "
+            "own AWS loggers). Registered this extension's as "
             "%s instead: use --logger_plugin=%s, or build osqueryd with -DOSQUERY_BUILD_AWS=OFF "
             "to use the plain names. Set custom_aws_logger_plugin_suffix to choose the suffix.",
-            " and ".join(names.values()), ",".join(names.values()))
+            " and ".join(plugin_names("").values()), " and ".join(names.values()),
+            ",".join(names.values()))
         self.uuid = self.manager.register(list(names.values()))
         return names
 

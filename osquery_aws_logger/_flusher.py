@@ -21,6 +21,7 @@ from ._accumulator import Accumulator, Batch
 from ._aws import AwsClients
 from ._metrics import MetricsFile
 from ._retry import delivery_error
+from ._service import clients_for
 from ._settings import Settings
 from ._status import status_row, write_state
 
@@ -50,7 +51,7 @@ class Sender:
     """
 
     def __init__(self, settings: Settings,
-                 clients_factory: Callable[[Settings], AwsClients] = AwsClients) -> None:
+                 clients_factory: Callable[[Settings], AwsClients] = clients_for) -> None:
         self._settings = settings
         self._clients_factory = clients_factory
         self.clients: AwsClients | None = None
@@ -86,7 +87,7 @@ class Flusher:
 
     def __init__(self, accumulators: list[Accumulator], settings: Settings, *,
                  problems: list[str] | None = None,
-                 clients_factory: Callable[[Settings], AwsClients] = AwsClients) -> None:
+                 clients_factory: Callable[[Settings], AwsClients] = clients_for) -> None:
         self.accumulators = accumulators
         self.sender = Sender(settings, clients_factory)
         self._settings = settings
@@ -144,7 +145,7 @@ class Flusher:
 
     def _problem(self, accumulator: Accumulator) -> str | None:
         return "; ".join(self._problems) or accumulator.intake.problem or \
-            self._settings.stream_problem(accumulator.service.name)
+            accumulator.service.problem(self._settings)
 
     def _usable(self, accumulator: Accumulator) -> bool:
         """Whether this plugin may ship now; records of one that may not stay spooled."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._aggregate import FirehosePack, KplAggregate
-from ._aws import AwsClients
+from ._aws import AwsClients, Endpoint, fips_custom_refusal
 from ._batching import (
     FIREHOSE_LIMITS,
     KINESIS_LIMITS,
@@ -54,9 +54,12 @@ def request_body(stream_field: bytes, stream: str, entries: Sequence[Entry], *,
 
 @dataclass(frozen=True)
 class Service:
-    """One AWS service a plugin delivers to."""
+    """One AWS service a plugin delivers to: all that differs between services."""
 
+    #: botocore's name for the service (its client, its endpoint data).
     name: str
+    #: The logger plugin osqueryd knows it as (osquery's own AWS logger of the same name).
+    plugin: str
     #: The limits of a default stream; `limits_for` gives those the settings ask for.
     limits: ServiceLimits
     #: The put call (botocore's operation name, as the fault proxy and CloudTrail show it).
@@ -102,6 +105,31 @@ class Service:
             return [None] * len(entries)
         return [r.get("ErrorCode") for r in answer[self._answer_records]]
 
+    def endpoint(self, settings: Settings) -> Endpoint:
+        """Where this service's client goes, as the settings say."""
+        view = self.settings(settings)
+        return Endpoint(self.name, view.region, view.region_option, view.endpoint,
+                        view.endpoint_option)
+
+    def problem(self, settings: Settings) -> str | None:
+        """Why this service cannot ship with these settings, if it cannot (records wait)."""
+        view = self.settings(settings)
+        if not view.stream:
+            return f"{view.stream_option} is empty: set it to the {self.name} stream to deliver to"
+        proxy = settings.proxy_problem()
+        if proxy:
+            return proxy
+        if settings.aws_enforce_fips:
+            # A custom endpoint cannot be checked to be FIPS: refused, as osquery refuses it
+            # (STS's counts when a role is assumed).
+            custom = [(view.endpoint_option, view.endpoint)]
+            if settings.aws_sts_arn_role:
+                custom.append(("aws_sts_endpoint", settings.aws_sts_endpoint))
+            for option, value in custom:
+                if value:
+                    return fips_custom_refusal(option)
+        return None
+
     def describe(self, clients: AwsClients, stream: str) -> str:
         """The stream's status (ACTIVE, CREATING, ...): for `check`, never at extension start
         (thousands of hosts starting at once would be rate-limited by it)."""
@@ -123,16 +151,49 @@ def _describe_firehose(client: Any, stream: str) -> str:
                ["DeliveryStreamDescription"]["DeliveryStreamStatus"])
 
 
+def _kinesis(settings: Settings) -> ServiceSettings:
+    return ServiceSettings(
+        service="kinesis", stream=settings.aws_kinesis_stream, period=settings.aws_kinesis_period,
+        endpoint=settings.aws_kinesis_endpoint, region=settings.aws_kinesis_region,
+        routes=settings.aws_kinesis_routes, status_stream=settings.aws_kinesis_status_stream,
+        forwards_status=not settings.aws_kinesis_disable_log_status,
+        many_rows_per_record=settings.aws_kinesis_aggregate, compression="",
+        random_partition_key=settings.aws_kinesis_random_partition_key,
+        max_record_kib=settings.aws_kinesis_max_record_size_kib,
+        stream_option="aws_kinesis_stream", region_option="aws_kinesis_region",
+        endpoint_option="aws_kinesis_endpoint")
+
+
+def _firehose(settings: Settings) -> ServiceSettings:
+    return ServiceSettings(
+        service="firehose", stream=settings.aws_firehose_stream,
+        period=settings.aws_firehose_period, endpoint=settings.aws_firehose_endpoint,
+        region=settings.aws_firehose_region, routes=settings.aws_firehose_routes,
+        status_stream=settings.aws_firehose_status_stream, forwards_status=True,
+        many_rows_per_record=settings.aws_firehose_pack,
+        compression=settings.aws_firehose_compression, random_partition_key=False,
+        stream_option="aws_firehose_stream", region_option="aws_firehose_region",
+        endpoint_option="aws_firehose_endpoint")
+
+
 KINESIS: Final = Service(
-    name="kinesis", limits=KINESIS_LIMITS, operation="PutRecords", _method="put_records",
-    _stream_field="StreamName", _answer_records="Records", _failed_count="FailedRecordCount",
-    _describe=_describe_kinesis, _view=lambda settings: settings.kinesis,
+    name="kinesis", plugin="aws_kinesis", limits=KINESIS_LIMITS, operation="PutRecords",
+    _method="put_records", _stream_field="StreamName", _answer_records="Records",
+    _failed_count="FailedRecordCount", _describe=_describe_kinesis, _view=_kinesis,
     _limits_for=lambda view: kinesis_limits(view.max_record_kib))
 FIREHOSE: Final = Service(
-    name="firehose", limits=FIREHOSE_LIMITS, operation="PutRecordBatch",
+    name="firehose", plugin="aws_firehose", limits=FIREHOSE_LIMITS, operation="PutRecordBatch",
     _method="put_record_batch", _stream_field="DeliveryStreamName",
     _answer_records="RequestResponses", _failed_count="FailedPutCount",
-    _describe=_describe_firehose, _view=lambda settings: settings.firehose,
+    _describe=_describe_firehose, _view=_firehose,
     # Firehose's record limit is fixed (1,000 KiB); only Kinesis streams can raise theirs.
     _limits_for=lambda view: FIREHOSE_LIMITS)
+#: The services a plugin can deliver to, in the order their plugins are registered.
 SERVICES: Final = {s.name: s for s in (KINESIS, FIREHOSE)}
+
+
+def clients_for(settings: Settings, services: Sequence[Service] = tuple(SERVICES.values()),
+                **kwargs: Any) -> AwsClients:
+    """The AWS clients for these settings, knowing where each service's client goes."""
+    return AwsClients(settings, {service.name: service.endpoint(settings) for service in services},
+                      **kwargs)

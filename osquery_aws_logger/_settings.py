@@ -1,10 +1,9 @@
 """One typed, validated settings object built from osquery's options under osquery's own names.
 
-`OPTIONS` is the one table of options: name, default, parser (type and validation) and help.
-`Settings` declares the same fields so mypy can type them; at import the two are compared
-(names, order and defaults) and a mismatch fails at once. The command-line flags, `check` and
-the README's table are derived from or tested against `OPTIONS`. Per-service options are read
-through a typed view (`Settings.service("kinesis")`), never through built attribute names.
+Each option is declared once, as a field of `Settings` (`option(...)`: osquery's name, its
+type, default, parser and help); `OPTIONS` is derived from those fields, and the command-line
+flags, `check` and the README's table from or against `OPTIONS`. Per-service options reach the
+delivery code through the typed view each `Service` builds (`_service`), never through names.
 """
 
 from __future__ import annotations
@@ -21,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._errors import SettingsError
+from ._redact import MASK
 
-#: Options whose values never appear in a log line, an error or a settings dump.
-SECRET_OPTIONS: Final = frozenset({"aws_secret_access_key", "aws_session_token", "aws_proxy_password"})
-REDACTED: Final = "<redacted>"
 #: How much of an unusable value a problem quotes.
 SHOWN_VALUE_CHARS: Final = 80
 
@@ -290,6 +287,8 @@ class OptionSpec:
     help: str
     #: True for options osquery itself defines; False for this extension's own additions.
     osquery: bool = True
+    #: A secret: never shown in a log line, an error, a settings dump or a process listing.
+    secret: bool = False
 
     @property
     def boolean(self) -> bool:
@@ -297,110 +296,16 @@ class OptionSpec:
         return self.parse is _parse_bool
 
 
-OPTIONS: Final[tuple[OptionSpec, ...]] = (
-    OptionSpec("aws_kinesis_stream", "", _parse_str, "Kinesis Data Streams stream name"),
-    OptionSpec("aws_kinesis_period", "10", _parse_period,
-               "Seconds between Kinesis flushes (1-86400)"),
-    OptionSpec("aws_kinesis_random_partition_key", "false", _parse_bool,
-               "Use a random partition key per record instead of the host identifier"),
-    OptionSpec("aws_kinesis_disable_log_status", "false", _parse_bool,
-               "Do not send status logs to Kinesis"),
-    OptionSpec("aws_kinesis_endpoint", "", _parse_endpoint, "Custom Kinesis endpoint URL"),
-    OptionSpec("aws_kinesis_region", "", _parse_region,
-               "Kinesis region, like us-east-1 (overrides aws_region)"),
-    OptionSpec("aws_firehose_stream", "", _parse_str, "Firehose delivery stream name"),
-    OptionSpec("aws_firehose_period", "10", _parse_period,
-               "Seconds between Firehose flushes (1-86400)"),
-    OptionSpec("aws_firehose_endpoint", "", _parse_endpoint, "Custom Firehose endpoint URL"),
-    OptionSpec("aws_firehose_region", "", _parse_region, "Firehose region (overrides aws_region)"),
-    OptionSpec("aws_access_key_id", "", _parse_str, "AWS access key ID override"),
-    OptionSpec("aws_secret_access_key", "", _parse_str, "AWS secret access key override"),
-    OptionSpec("aws_session_token", "", _parse_str, "AWS session token override"),
-    OptionSpec("aws_profile_name", "", _parse_str, "AWS config profile for credentials and region"),
-    OptionSpec("aws_region", "", _parse_region, "AWS region override"),
-    OptionSpec("aws_sts_arn_role", "", _parse_str, "AWS STS assume role ARN"),
-    OptionSpec("aws_sts_region", "", _parse_region, "AWS STS assume role region"),
-    OptionSpec("aws_sts_session_name", "default", _parse_str, "AWS STS session name"),
-    OptionSpec("aws_sts_timeout", "3600", _parse_sts_timeout,
-               "AWS STS temporary credential lifetime in seconds (900-3600)"),
-    OptionSpec("aws_enable_proxy", "false", _parse_bool, "Send AWS calls through a proxy"),
-    OptionSpec("aws_proxy_scheme", "https", _parse_scheme, "Proxy scheme (http or https)"),
-    OptionSpec("aws_proxy_host", "", _parse_str, "Proxy host"),
-    OptionSpec("aws_proxy_port", "", _parse_port, "Proxy port"),
-    OptionSpec("aws_proxy_username", "", _parse_str, "Proxy username"),
-    OptionSpec("aws_proxy_password", "", _parse_str, "Proxy password"),
-    OptionSpec("buffered_log_max", "1000000", _parse_buffered_log_max,
-               "Most records kept waiting per plugin (at most 10^9); past it the oldest are dropped"),
-    OptionSpec("aws_enforce_fips", "false", _parse_bool,
-               "Use only FIPS endpoints for Kinesis, Firehose and STS; refuse regions without one "
-               "and custom endpoints"),
-    OptionSpec("aws_disable_imdsv1_fallback", "false", _parse_bool,
-               "Never make an IMDSv1 request: without an IMDSv2 token, no instance metadata"),
-    OptionSpec("aws_imdsv2_request_attempts", "3", _parse_imds_attempts,
-               "Attempts at an IMDSv2 token (1-10)"),
-    OptionSpec("aws_imdsv2_request_interval", "3", _parse_imds_interval,
-               "Seconds to wait after the first failed IMDSv2 token attempt, multiplied by itself "
-               "after each further one (0-60)"),
-    OptionSpec("aws_debug", "false", _parse_bool,
-               "Log the AWS SDK's (botocore, urllib3) debug lines, secrets redacted"),
-    # The extension's own options. osqueryd does not define them, so in a config file they are
-    # written with the custom_ prefix (custom_aws_logger_spool_dir); on the command line plain.
-    OptionSpec("aws_sts_endpoint", "", _parse_endpoint,
-               "Custom STS endpoint URL (non-AWS implementations, tests)", osquery=False),
-    OptionSpec("aws_logger_spool_dir", "/var/osquery/aws_logger", _parse_spool_dir,
-               "Directory of the durable spool (an absolute path)", osquery=False),
-    OptionSpec("aws_logger_spool_max_bytes", str(1 << 30), _parse_spool_bytes,
-               "Most bytes kept waiting per plugin (at most 1 TiB); past it the oldest are dropped",
-               osquery=False),
-    OptionSpec("aws_logger_shutdown_timeout", "5", _parse_shutdown_timeout,
-               "Seconds to keep flushing at shutdown before exiting (1-3600)", osquery=False),
-    OptionSpec("aws_logger_plugin_suffix", "", _parse_suffix,
-               "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>",
-               osquery=False),
-    OptionSpec("aws_kinesis_max_record_size_kib", "1024", _parse_record_kib,
-               "The streams' MaxRecordSizeInKiB (1024-10240): records up to this size are sent, "
-               "larger ones dropped", osquery=False),
-    OptionSpec("aws_kinesis_aggregate", "false", _parse_bool,
-               "Pack rows into KPL aggregated records (one partition key each)", osquery=False),
-    OptionSpec("aws_firehose_pack", "false", _parse_bool,
-               "Pack several newline-terminated rows into each Firehose record", osquery=False),
-    OptionSpec("aws_firehose_compression", "", _parse_compression,
-               "gzip each packed Firehose record (plain S3 destinations only)", osquery=False),
-    OptionSpec("aws_kinesis_routes", "", _parse_routes,
-               'Send chosen queries to other streams: {"stream": ["query", "pack_x_*"]}',
-               osquery=False),
-    OptionSpec("aws_firehose_routes", "", _parse_routes,
-               'Send chosen queries to other delivery streams: {"stream": ["query", ...]}',
-               osquery=False),
-    OptionSpec("aws_kinesis_status_stream", "", _parse_str,
-               "Stream for status logs (default: aws_kinesis_stream)", osquery=False),
-    OptionSpec("aws_firehose_status_stream", "", _parse_str,
-               "Delivery stream for status logs (default: aws_firehose_stream)", osquery=False),
-    OptionSpec("aws_logger_results_as_events", "false", _parse_bool,
-               "Expand batch-format result lines (--logger_event_type=false, snapshots) into "
-               "one record per row, exactly as osqueryd's event format", osquery=False),
-    OptionSpec("aws_logger_record_ids", "false", _parse_bool,
-               "Stamp each record with a stable log_id for consumers to drop duplicates",
-               osquery=False),
-    OptionSpec("aws_logger_log_format", "text", _parse_log_format,
-               "Log lines as text or json (one object per line), each with an ISO-8601 UTC time",
-               osquery=False),
-    OptionSpec("aws_logger_metrics_file", "", _parse_metrics_file,
-               "Write the status counters in Prometheus text format to this .prom file "
-               "(an absolute path)",
-               osquery=False),
-    OptionSpec("aws_logger_ca_bundle", "", _parse_ca_bundle,
-               "CA bundle file (an absolute path) for TLS to AWS (default: AWS_CA_BUNDLE, else the "
-               "host's trust store)",
-               osquery=False),
-)
 
-OPTION_NAMES: Final = frozenset(spec.name for spec in OPTIONS)
+_SPEC: Final = "option"
 
 
-def redact(name: str, value: str) -> str:
-    """The value of option `name` as it may be shown to a person."""
-    return REDACTED if name in SECRET_OPTIONS and value else value
+def option(default: str, parse: Callable[[str], Any], help: str, *, osquery: bool = True,
+           secret: bool = False) -> Any:
+    """One option, declared on its Settings field (whose name is osquery's): the default as
+    osquery writes it, the parser that types and checks a value, and the help line."""
+    return dataclasses.field(default=parse(default), repr=not secret,
+                             metadata={_SPEC: (default, parse, help, osquery, secret)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +326,10 @@ class ServiceSettings:
     random_partition_key: bool
     #: The stream's MaxRecordSizeInKiB (Kinesis); 0 for a service whose limit is fixed.
     max_record_kib: int = 0
+    #: The options these came from, for messages that name them.
+    stream_option: str = ""
+    region_option: str = ""
+    endpoint_option: str = ""
 
     def route(self, status: bool, query: str) -> str:
         """The stream a row goes to: a route naming its query (or a pack prefix ending in *),
@@ -440,57 +349,94 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the extension reads from osquery's options, parsed and validated."""
+    """Everything the extension reads from osquery's options, parsed and validated: one field
+    per option, declared here once (name, type, default, parser, help); `OPTIONS`, the
+    command-line flags, `check` and the README's table all come from these fields."""
 
-    aws_kinesis_stream: str = ""
-    aws_kinesis_period: int = 10
-    aws_kinesis_random_partition_key: bool = False
-    aws_kinesis_disable_log_status: bool = False
-    aws_kinesis_endpoint: str = ""
-    aws_kinesis_region: str = ""
-    aws_firehose_stream: str = ""
-    aws_firehose_period: int = 10
-    aws_firehose_endpoint: str = ""
-    aws_firehose_region: str = ""
-    aws_access_key_id: str = ""
-    aws_secret_access_key: str = dataclasses.field(default="", repr=False)
-    aws_session_token: str = dataclasses.field(default="", repr=False)
-    aws_profile_name: str = ""
-    aws_region: str = ""
-    aws_sts_arn_role: str = ""
-    aws_sts_region: str = ""
-    aws_sts_session_name: str = "default"
-    aws_sts_timeout: int = 3600
-    aws_enable_proxy: bool = False
-    aws_proxy_scheme: str = "https"
-    aws_proxy_host: str = ""
-    aws_proxy_port: int | None = None
-    aws_proxy_username: str = ""
-    aws_proxy_password: str = dataclasses.field(default="", repr=False)
-    buffered_log_max: int = 1_000_000
-    aws_enforce_fips: bool = False
-    aws_disable_imdsv1_fallback: bool = False
-    aws_imdsv2_request_attempts: int = 3
-    aws_imdsv2_request_interval: int = 3
-    aws_debug: bool = False
-    aws_sts_endpoint: str = ""
-    aws_logger_spool_dir: str = "/var/osquery/aws_logger"
-    aws_logger_spool_max_bytes: int = 1 << 30
-    aws_logger_shutdown_timeout: int = 5
-    aws_logger_plugin_suffix: str = ""
-    aws_kinesis_max_record_size_kib: int = 1024
-    aws_kinesis_aggregate: bool = False
-    aws_firehose_pack: bool = False
-    aws_firehose_compression: str = ""
-    aws_kinesis_routes: Routes = ()
-    aws_firehose_routes: Routes = ()
-    aws_kinesis_status_stream: str = ""
-    aws_firehose_status_stream: str = ""
-    aws_logger_results_as_events: bool = False
-    aws_logger_record_ids: bool = False
-    aws_logger_log_format: str = "text"
-    aws_logger_metrics_file: str = ""
-    aws_logger_ca_bundle: str = ""
+    aws_kinesis_stream: str = option("", _parse_str, "Kinesis Data Streams stream name")
+    aws_kinesis_period: int = option("10", _parse_period, "Seconds between Kinesis flushes (1-86400)")
+    aws_kinesis_random_partition_key: bool = option("false", _parse_bool,
+        "Use a random partition key per record instead of the host identifier")
+    aws_kinesis_disable_log_status: bool = option("false", _parse_bool, "Do not send status logs to Kinesis")
+    aws_kinesis_endpoint: str = option("", _parse_endpoint, "Custom Kinesis endpoint URL")
+    aws_kinesis_region: str = option("", _parse_region,
+        "Kinesis region, like us-east-1 (overrides aws_region)")
+    aws_firehose_stream: str = option("", _parse_str, "Firehose delivery stream name")
+    aws_firehose_period: int = option("10", _parse_period, "Seconds between Firehose flushes (1-86400)")
+    aws_firehose_endpoint: str = option("", _parse_endpoint, "Custom Firehose endpoint URL")
+    aws_firehose_region: str = option("", _parse_region, "Firehose region (overrides aws_region)")
+    aws_access_key_id: str = option("", _parse_str, "AWS access key ID override")
+    aws_secret_access_key: str = option("", _parse_str, "AWS secret access key override", secret=True)
+    aws_session_token: str = option("", _parse_str, "AWS session token override", secret=True)
+    aws_profile_name: str = option("", _parse_str, "AWS config profile for credentials and region")
+    aws_region: str = option("", _parse_region, "AWS region override")
+    aws_sts_arn_role: str = option("", _parse_str, "AWS STS assume role ARN")
+    aws_sts_region: str = option("", _parse_region, "AWS STS assume role region")
+    aws_sts_session_name: str = option("default", _parse_str, "AWS STS session name")
+    aws_sts_timeout: int = option("3600", _parse_sts_timeout,
+        "AWS STS temporary credential lifetime in seconds (900-3600)")
+    aws_enable_proxy: bool = option("false", _parse_bool, "Send AWS calls through a proxy")
+    aws_proxy_scheme: str = option("https", _parse_scheme, "Proxy scheme (http or https)")
+    aws_proxy_host: str = option("", _parse_str, "Proxy host")
+    aws_proxy_port: int | None = option("", _parse_port, "Proxy port")
+    aws_proxy_username: str = option("", _parse_str, "Proxy username")
+    aws_proxy_password: str = option("", _parse_str, "Proxy password", secret=True)
+    buffered_log_max: int = option("1000000", _parse_buffered_log_max,
+        "Most records kept waiting per plugin (at most 10^9); past it the oldest are dropped")
+    aws_enforce_fips: bool = option("false", _parse_bool,
+        "Use only FIPS endpoints for Kinesis, Firehose and STS; refuse regions without one "
+        "and custom endpoints")
+    aws_disable_imdsv1_fallback: bool = option("false", _parse_bool,
+        "Never make an IMDSv1 request: without an IMDSv2 token, no instance metadata")
+    aws_imdsv2_request_attempts: int = option("3", _parse_imds_attempts, "Attempts at an IMDSv2 token (1-10)")
+    aws_imdsv2_request_interval: int = option("3", _parse_imds_interval,
+        "Seconds to wait after the first failed IMDSv2 token attempt, multiplied by itself "
+        "after each further one (0-60)")
+    aws_debug: bool = option("false", _parse_bool,
+        "Log the AWS SDK's (botocore, urllib3) debug lines, secrets redacted")
+    # The extension's own options. osqueryd does not define them, so in a config file they are
+    # written with the custom_ prefix (custom_aws_logger_spool_dir); on the command line plain.
+    aws_sts_endpoint: str = option("", _parse_endpoint,
+        "Custom STS endpoint URL (non-AWS implementations, tests)", osquery=False)
+    aws_logger_spool_dir: str = option("/var/osquery/aws_logger", _parse_spool_dir,
+        "Directory of the durable spool (an absolute path)", osquery=False)
+    aws_logger_spool_max_bytes: int = option(str(1 << 30), _parse_spool_bytes,
+        "Most bytes kept waiting per plugin (at most 1 TiB); past it the oldest are dropped",
+        osquery=False)
+    aws_logger_shutdown_timeout: int = option("5", _parse_shutdown_timeout,
+        "Seconds to keep flushing at shutdown before exiting (1-3600)", osquery=False)
+    aws_logger_plugin_suffix: str = option("", _parse_suffix,
+        "Register the plugins as aws_kinesis<suffix> and aws_firehose<suffix>", osquery=False)
+    aws_kinesis_max_record_size_kib: int = option("1024", _parse_record_kib,
+        "The streams' MaxRecordSizeInKiB (1024-10240): records up to this size are sent, "
+        "larger ones dropped", osquery=False)
+    aws_kinesis_aggregate: bool = option("false", _parse_bool,
+        "Pack rows into KPL aggregated records (one partition key each)", osquery=False)
+    aws_firehose_pack: bool = option("false", _parse_bool,
+        "Pack several newline-terminated rows into each Firehose record", osquery=False)
+    aws_firehose_compression: str = option("", _parse_compression,
+        "gzip each packed Firehose record (plain S3 destinations only)", osquery=False)
+    aws_kinesis_routes: Routes = option("", _parse_routes,
+        'Send chosen queries to other streams: {"stream": ["query", "pack_x_*"]}', osquery=False)
+    aws_firehose_routes: Routes = option("", _parse_routes,
+        'Send chosen queries to other delivery streams: {"stream": ["query", ...]}', osquery=False)
+    aws_kinesis_status_stream: str = option("", _parse_str,
+        "Stream for status logs (default: aws_kinesis_stream)", osquery=False)
+    aws_firehose_status_stream: str = option("", _parse_str,
+        "Delivery stream for status logs (default: aws_firehose_stream)", osquery=False)
+    aws_logger_results_as_events: bool = option("false", _parse_bool,
+        "Expand batch-format result lines (--logger_event_type=false, snapshots) into "
+        "one record per row, exactly as osqueryd's event format", osquery=False)
+    aws_logger_record_ids: bool = option("false", _parse_bool,
+        "Stamp each record with a stable log_id for consumers to drop duplicates", osquery=False)
+    aws_logger_log_format: str = option("text", _parse_log_format,
+        "Log lines as text or json (one object per line), each with an ISO-8601 UTC time", osquery=False)
+    aws_logger_metrics_file: str = option("", _parse_metrics_file,
+        "Write the status counters in Prometheus text format to this .prom file "
+        "(an absolute path)", osquery=False)
+    aws_logger_ca_bundle: str = option("", _parse_ca_bundle,
+        "CA bundle file (an absolute path) for TLS to AWS (default: AWS_CA_BUNDLE, else the "
+        "host's trust store)", osquery=False)
 
     def dump(self) -> dict[str, str]:
         """Every option as text, secrets redacted: safe to log or print."""
@@ -503,60 +449,26 @@ class Settings:
                 text = str(value).lower()
             else:
                 text = "" if value is None else str(value)
-            out[spec.name] = redact(spec.name, text)
+            out[spec.name] = shown(spec.name, text)
         return out
 
-    @property
-    def kinesis(self) -> ServiceSettings:
-        return ServiceSettings(
-            service="kinesis", stream=self.aws_kinesis_stream, period=self.aws_kinesis_period,
-            endpoint=self.aws_kinesis_endpoint, region=self.aws_kinesis_region,
-            routes=self.aws_kinesis_routes, status_stream=self.aws_kinesis_status_stream,
-            forwards_status=not self.aws_kinesis_disable_log_status,
-            many_rows_per_record=self.aws_kinesis_aggregate, compression="",
-            random_partition_key=self.aws_kinesis_random_partition_key,
-            max_record_kib=self.aws_kinesis_max_record_size_kib)
-
-    @property
-    def firehose(self) -> ServiceSettings:
-        return ServiceSettings(
-            service="firehose", stream=self.aws_firehose_stream, period=self.aws_firehose_period,
-            endpoint=self.aws_firehose_endpoint, region=self.aws_firehose_region,
-            routes=self.aws_firehose_routes, status_stream=self.aws_firehose_status_stream,
-            forwards_status=True, many_rows_per_record=self.aws_firehose_pack,
-            compression=self.aws_firehose_compression, random_partition_key=False)
-
-    def service(self, name: str) -> ServiceSettings:
-        """The typed view of one service's options ("kinesis" or "firehose")."""
-        if name == "kinesis":
-            return self.kinesis
-        if name == "firehose":
-            return self.firehose
-        raise KeyError(name)
-
-    def stream_problem(self, service: str) -> str | None:
-        """Why `service` ("kinesis" or "firehose") cannot ship with these settings, if it can't."""
-        if not self.service(service).stream:
-            option = f"aws_{service}_stream"
-            return f"{option} is empty: set it to the {service} stream to deliver to"
+    def proxy_problem(self) -> str | None:
+        """Why no AWS call can go out with these settings' proxy, if none can."""
         if self.aws_enable_proxy and (not self.aws_proxy_host or self.aws_proxy_port is None):
             return "aws_enable_proxy=true needs aws_proxy_host and aws_proxy_port"
-        return self.fips_problem(service)
-
-    def fips_problem(self, service: str) -> str | None:
-        """A custom endpoint with aws_enforce_fips: refused, as osquery refuses it, since nothing
-        says the host behind a URL is a FIPS endpoint. STS counts when a role is assumed."""
-        if not self.aws_enforce_fips:
-            return None
-        custom = [(f"aws_{service}_endpoint", self.service(service).endpoint)]
-        if self.aws_sts_arn_role:
-            custom.append(("aws_sts_endpoint", self.aws_sts_endpoint))
-        for option, value in custom:
-            if value:
-                return (f"aws_enforce_fips=true and {option} cannot be used together: a custom "
-                        f"endpoint cannot be checked to be FIPS (osquery: \"Cannot override the "
-                        f"endpoint when FIPS is enforced\"); unset {option} or aws_enforce_fips")
         return None
+
+
+OPTIONS: Final[tuple[OptionSpec, ...]] = tuple(
+    OptionSpec(f.name, *f.metadata[_SPEC]) for f in dataclasses.fields(Settings))
+OPTION_NAMES: Final = frozenset(spec.name for spec in OPTIONS)
+#: Options whose values never appear in a log line, an error or a settings dump.
+SECRET_OPTIONS: Final = frozenset(spec.name for spec in OPTIONS if spec.secret)
+
+
+def shown(name: str, value: str) -> str:
+    """The value of option `name` as it may be shown to a person (a secret's as the mask)."""
+    return MASK if name in SECRET_OPTIONS and value else value
 
 
 def option_default(name: str) -> Any:
@@ -565,21 +477,6 @@ def option_default(name: str) -> Any:
 
 
 _SPECS: Final = {spec.name: spec for spec in OPTIONS}
-
-
-def _check_settings_against_options() -> None:
-    """Settings must declare exactly the table's options, in order, with the table's defaults."""
-    fields = dataclasses.fields(Settings)
-    names = [f.name for f in fields]
-    if names != [spec.name for spec in OPTIONS]:
-        raise RuntimeError(f"Settings fields differ from OPTIONS: {names}")
-    for f in fields:
-        if f.default != option_default(f.name):
-            raise RuntimeError(f"Settings.{f.name} defaults to {f.default!r}, OPTIONS says "
-                               f"{_SPECS[f.name].default!r}")
-
-
-_check_settings_against_options()
 
 
 def option_value(options: Mapping[str, str], name: str) -> str | None:
@@ -647,10 +544,10 @@ def parse_settings(options: Mapping[str, str],
         except ValueError as exc:
             # int() messages quote the value itself; never let one through for a secret.
             reason = str(exc) if not str(exc).startswith("invalid literal") else "expected a number"
-            shown = redact(spec.name, text)
-            if len(shown) > SHOWN_VALUE_CHARS:  # a pasted blob or a runaway number: its start will do
-                shown = shown[:SHOWN_VALUE_CHARS] + "..."
-            problems.append(f"{spec.name}={shown!r}: {reason}")
+            quoted = shown(spec.name, text)
+            if len(quoted) > SHOWN_VALUE_CHARS:  # a pasted blob or a runaway number: its start will do
+                quoted = quoted[:SHOWN_VALUE_CHARS] + "..."
+            problems.append(f"{spec.name}={quoted!r}: {reason}")
     return Settings(**values), problems
 
 

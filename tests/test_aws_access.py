@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from osquery_aws_logger._aws import AwsClients, resolve_credentials, service_region
+from osquery_aws_logger._aws import resolve_credentials, service_region
+from osquery_aws_logger._service import FIREHOSE, KINESIS, Service, clients_for
 from osquery_aws_logger._settings import Settings
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
@@ -99,14 +100,16 @@ def test_no_source_at_all_is_none(tmp_path: Path) -> None:
 
 def test_region_is_the_service_flag_then_aws_region_then_profile_then_us_east_1(
         aws_home: dict[str, str]) -> None:
-    assert service_region("kinesis", Settings(aws_kinesis_region="sa-east-1",
-                                              aws_region="eu-west-3"), aws_home) == "sa-east-1"
-    assert service_region("firehose", Settings(aws_kinesis_region="sa-east-1",
-                                               aws_region="eu-west-3"), aws_home) == "eu-west-3"
-    assert service_region("kinesis", Settings(aws_profile_name="ops"), aws_home) == "ap-east-1"
-    assert service_region("kinesis", Settings(), aws_home) == "eu-north-1"
-    assert service_region("kinesis", Settings(), {"AWS_CONFIG_FILE": "/nonexistent"}) == "us-east-1"
-    assert service_region("kinesis", Settings(aws_region="xx-future-9"), aws_home) == "xx-future-9"
+    def region(service: Service, settings: Settings, environ: dict[str, str]) -> str:
+        return service_region(service.endpoint(settings), settings, environ)
+
+    both = Settings(aws_kinesis_region="sa-east-1", aws_region="eu-west-3")
+    assert region(KINESIS, both, aws_home) == "sa-east-1"
+    assert region(FIREHOSE, both, aws_home) == "eu-west-3"
+    assert region(KINESIS, Settings(aws_profile_name="ops"), aws_home) == "ap-east-1"
+    assert region(KINESIS, Settings(), aws_home) == "eu-north-1"
+    assert region(KINESIS, Settings(), {"AWS_CONFIG_FILE": "/nonexistent"}) == "us-east-1"
+    assert region(KINESIS, Settings(aws_region="xx-future-9"), aws_home) == "xx-future-9"
 
 
 def sts_settings(proxy: FaultProxy, **extra: Any) -> Settings:
@@ -123,7 +126,7 @@ def assume_role_calls(proxy: FaultProxy) -> int:
 def test_assumed_role_credentials_are_renewed_before_expiry_once_per_lifetime(
         aws: Aws) -> None:
     now = [time.time()]
-    clients = AwsClients(sts_settings(aws.proxy), clock=lambda: now[0],
+    clients = clients_for(sts_settings(aws.proxy), clock=lambda: now[0],
                          environ={"AWS_EC2_METADATA_DISABLED": "true"})
     first = clients.client("kinesis")
     assert clients.credential_source == f"sts:{ROLE_ARN} via flags"
@@ -149,7 +152,7 @@ def test_assumed_role_credentials_are_renewed_before_expiry_once_per_lifetime(
 
 
 def test_assume_role_takes_session_name_and_duration(aws: Aws) -> None:
-    clients = AwsClients(sts_settings(aws.proxy, aws_sts_session_name="host-42",
+    clients = clients_for(sts_settings(aws.proxy, aws_sts_session_name="host-42",
                                       aws_sts_timeout=1800),
                          environ={"AWS_EC2_METADATA_DISABLED": "true"})
     clients.client("kinesis")

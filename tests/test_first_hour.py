@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from osquery_aws_logger._aws import AwsClients, ca_bundle
+from osquery_aws_logger._aws import ca_bundle
 from osquery_aws_logger._flusher import delivery_error
+from osquery_aws_logger._service import clients_for
 from osquery_aws_logger._settings import Settings
 from tests.conftest import Aws
 from tests.harness import EXTENSION_COMMAND, RunningExtension, env_without_aws, result_lines, wait_for
@@ -124,7 +125,7 @@ def test_timeouts_and_dns_failures_say_so(aws: Aws) -> None:
     try:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         settings = Settings(aws_kinesis_endpoint=url, aws_region="us-east-1")
-        clients = AwsClients(settings, environ=CREDS, read_timeout=1.0)
+        clients = clients_for(settings, environ=CREDS, read_timeout=1.0)
         with pytest.raises(Exception) as caught:
             clients.client("kinesis").describe_stream_summary(StreamName="s")
         error = delivery_error(caught.value, read_timeout=1.0)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import MetadataRetrievalError
 
-from osquery_aws_logger._aws import ImdsFetcher, resolve_credentials, service_region
+from osquery_aws_logger._aws import ImdsFetcher, resolve_credentials, service_region, sts_endpoint
+from osquery_aws_logger._service import SERVICES
 from osquery_aws_logger._settings import Settings
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
@@ -80,8 +81,9 @@ def test_the_region_is_never_looked_up_in_instance_metadata(tmp_path: Path) -> N
     # (getAWSRegion); the IMDS identity document serves only its EC2 tables.
     with ImdsV2() as imds:
         environ = no_files(tmp_path, imds)
-        for service in ("kinesis", "firehose", "sts"):
-            assert service_region(service, Settings(), environ) == "us-east-1"
+        for target in (*(s.endpoint(Settings()) for s in SERVICES.values()),
+                       sts_endpoint(Settings())):
+            assert service_region(target, Settings(), environ) == "us-east-1"
         assert imds.requests == []
 
 

@@ -14,6 +14,7 @@ from botocore.retries import standard
 
 from osquery_aws_logger._flags import add_option_flags
 from osquery_aws_logger._retry import THROTTLING_CODES, TRANSIENT_CODES, is_retriable, is_throttling
+from osquery_aws_logger._service import FIREHOSE, KINESIS
 from osquery_aws_logger._settings import OPTIONS, Settings, option_default, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +68,14 @@ def test_each_service_has_a_typed_view_of_its_options() -> None:
         "custom_aws_firehose_stream": "f", "custom_aws_firehose_pack": "true",
         "custom_aws_firehose_compression": "gzip", "custom_aws_firehose_status_stream": "st"}, {})
     assert problems == []
-    kinesis, firehose = settings.service("kinesis"), settings.service("firehose")
+    kinesis, firehose = KINESIS.settings(settings), FIREHOSE.settings(settings)
     assert (kinesis.stream, kinesis.period, kinesis.many_rows_per_record) == ("k", 3, False)
     assert kinesis.route(False, "pack_sec_x") == "sec" and kinesis.route(False, "other") == "k"
     assert not kinesis.single_destination() and kinesis.route(True, "") == "k"
     assert (firehose.stream, firehose.compression, firehose.many_rows_per_record) == ("f", "gzip", True)
     assert firehose.route(True, "") == "st" and not firehose.single_destination()
-    with pytest.raises(KeyError):
-        settings.service("sqs")
+    assert (kinesis.stream_option, firehose.endpoint_option) == \
+        ("aws_kinesis_stream", "aws_firehose_endpoint")
 
 
 def imports_of(path: Path) -> set[str]:

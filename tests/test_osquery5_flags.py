@@ -9,6 +9,7 @@ from botocore.config import Config
 
 from osquery_aws_logger._aggregate import KplAggregate
 from osquery_aws_logger._aws import (
+    Endpoint,
     EndpointRefused,
     endpoint_for,
     fips_endpoint,
@@ -49,7 +50,8 @@ def test_the_new_flags_take_osquerys_defaults_and_refuse_what_osquery_refuses() 
     assert problems == []
     assert settings.aws_enforce_fips and settings.aws_debug
     assert (settings.aws_imdsv2_request_attempts, settings.aws_imdsv2_request_interval) == (1, 0)
-    assert settings.kinesis.max_record_kib == 10240 and settings.firehose.max_record_kib == 0
+    assert KINESIS.settings(settings).max_record_kib == 10240 and \
+        FIREHOSE.settings(settings).max_record_kib == 0
     _, problems = parse_settings({
         "aws_imdsv2_request_attempts": "0",  # osquery's validator refuses 0 too
         "aws_imdsv2_request_interval": "-1", "custom_aws_kinesis_max_record_size_kib": "1023"}, {})
@@ -84,49 +86,50 @@ def test_the_endpoint_shown_is_the_one_botocore_itself_resolves(region: str) -> 
     session = boto3.session.Session(aws_access_key_id="a", aws_secret_access_key="b")
     for service in ("kinesis", "firehose", "sts"):
         assert session.client(service, region_name=region).meta.endpoint_url == \
-            standard_endpoint(service, region) == endpoint_for(service, region, Settings())
+            standard_endpoint(service, region) == endpoint_for(Endpoint(service), region, Settings())
         fips = fips_endpoint(service, region)
         if fips is not None:
             with_fips = session.client(service, region_name=region,
                                        config=Config(use_fips_endpoint=True))
             assert with_fips.meta.endpoint_url == fips == \
-                endpoint_for(service, region, Settings(aws_enforce_fips=True))
+                endpoint_for(Endpoint(service), region, Settings(aws_enforce_fips=True))
 
 
 def test_fips_refuses_a_region_without_one_and_any_custom_endpoint_naming_both_options() -> None:
     fips = Settings(aws_enforce_fips=True)
     with pytest.raises(EndpointRefused) as refused:
-        endpoint_for("kinesis", "eu-west-1", fips)
+        endpoint_for(KINESIS.endpoint(fips), "eu-west-1", fips)
     assert "kinesis has no FIPS endpoint in eu-west-1" in str(refused.value)
     assert "us-east-1, us-east-2, us-gov-east-1" in str(refused.value)
     custom = Settings(aws_enforce_fips=True, aws_firehose_endpoint="https://firehose.example")
     with pytest.raises(EndpointRefused, match="aws_enforce_fips=true and aws_firehose_endpoint"):
-        endpoint_for("firehose", "us-east-1", custom)
-    assert "aws_firehose_endpoint" in (Settings(aws_enforce_fips=True, aws_firehose_stream="f",
-                                                aws_firehose_endpoint="https://x")
-                                       .stream_problem("firehose") or "")
+        endpoint_for(FIREHOSE.endpoint(custom), "us-east-1", custom)
+    assert "aws_firehose_endpoint" in (FIREHOSE.problem(Settings(
+        aws_enforce_fips=True, aws_firehose_stream="f", aws_firehose_endpoint="https://x")) or "")
     role = Settings(aws_enforce_fips=True, aws_kinesis_stream="k", aws_sts_arn_role="arn:x",
                     aws_sts_endpoint="http://127.0.0.1:1")
-    assert "aws_enforce_fips=true and aws_sts_endpoint" in (role.stream_problem("kinesis") or "")
+    assert "aws_enforce_fips=true and aws_sts_endpoint" in (KINESIS.problem(role) or "")
     # Without the flag, custom endpoints are used as given.
-    assert endpoint_for("kinesis", "eu-west-1", Settings(aws_kinesis_endpoint="http://h:1")) == \
+    custom = Settings(aws_kinesis_endpoint="http://h:1")
+    assert endpoint_for(KINESIS.endpoint(custom), "eu-west-1", custom) == \
         "http://h:1"
 
 
 def test_limits_follow_the_streams_record_size_and_aws_rules_for_large_records() -> None:
-    assert KINESIS.limits_for(Settings().kinesis) is KINESIS_LIMITS
-    large = KINESIS.limits_for(Settings(aws_kinesis_max_record_size_kib=5120).kinesis)
+    assert KINESIS.limits_for(KINESIS.settings(Settings())) is KINESIS_LIMITS
+    large = KINESIS.limits_for(KINESIS.settings(Settings(aws_kinesis_max_record_size_kib=5120)))
     assert (large.max_records, large.max_call_bytes, large.max_record_bytes) == \
         (500, 10 * MIB, 5 * MIB)
     assert large.aggregate_bytes == MIB  # the KPL's AggregationMaxSize ceiling
-    assert FIREHOSE.limits_for(Settings(aws_kinesis_max_record_size_kib=10240).firehose) is \
+    assert FIREHOSE.limits_for(FIREHOSE.settings(Settings(aws_kinesis_max_record_size_kib=10240))) is \
         FIREHOSE_LIMITS
     # A 5 MiB record goes alone or with up to 5 MiB more; never 10 MiB and a byte.
     entries = [Entry((i,), b"x" * (5 * MIB - 20), "host-identifier") for i in range(3)]
     assert batch_length(entries, large) == 2
     assert oversize(entries[0], KINESIS_LIMITS) and not oversize(entries[0], large)
     # Aggregates stay at 1 MiB even on a large-record stream; a bigger row goes as it is.
-    view = Settings(aws_kinesis_max_record_size_kib=10240, aws_kinesis_aggregate=True).kinesis
+    view = KINESIS.settings(Settings(aws_kinesis_max_record_size_kib=10240,
+                                     aws_kinesis_aggregate=True))
     builder = KINESIS.builder(view, "host")
     assert isinstance(builder, KplAggregate) and builder.max_bytes == MIB
     assert not builder.add(b"r" * MIB)
