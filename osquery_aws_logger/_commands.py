@@ -20,7 +20,7 @@ from ._aws import (
     sts_endpoint,
 )
 from ._errors import DeliveryError
-from ._flags import add_option_flags
+from ._flags import add_option_flags, flagfile_lines
 from ._logs import note_settings
 from ._redact import redact
 from ._retry import delivery_error
@@ -102,14 +102,13 @@ def read_osquery_flagfile(path: str) -> tuple[dict[str, str], str | None, int]:
     --config_path, and how many other flags were ignored.
 
     gflags reads one flag a line, `--name=value` (or `-name=value`, or a bare `--name` for a
-    boolean); blank lines and lines starting with `#` are skipped.
+    boolean); blank and comment lines are skipped (`flagfile_lines`).
     """
     options: dict[str, str] = {}
     config_path = None
     ignored = 0
-    for raw_line in Path(path).read_text().splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith(("#", "//", ";")) or not line.startswith("-"):
+    for line in flagfile_lines(path):
+        if not line.startswith("-"):
             continue
         name, has_value, value = line.lstrip("-").partition("=")
         name = name.strip()

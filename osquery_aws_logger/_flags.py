@@ -5,8 +5,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from ._settings import OPTIONS
+
+
+#: What starts a comment line in a flag file: gflags' `#`, and the `//` and `;` osquery's docs
+#: and packaged examples also use. The one rule for every flag file read here.
+COMMENT_STARTS: Final = ("#", "//", ";")
+
+
+def flagfile_lines(path: str) -> list[str]:
+    """The flags of a gflags flag file, one a line, without blank and comment lines."""
+    lines = (raw.strip() for raw in Path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(COMMENT_STARTS)]
 
 
 def expand_flagfiles(argv: Sequence[str]) -> list[str]:
@@ -28,10 +40,7 @@ def expand_flagfiles(argv: Sequence[str]) -> list[str]:
         if path is None:
             out.append(item)
         else:
-            for raw_line in Path(path).read_text().splitlines():
-                line = raw_line.strip()
-                if line and not line.startswith(("#", ";")):
-                    out.append(line)
+            out.extend(flagfile_lines(path))
         index += 1
     return out
 
