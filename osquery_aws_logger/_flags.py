@@ -9,7 +9,6 @@ from typing import Final
 
 from ._settings import OPTIONS
 
-
 #: What starts a comment line in a flag file: gflags' `#`, and the `//` and `;` osquery's docs
 #: and packaged examples also use. The one rule for every flag file read here.
 COMMENT_STARTS: Final = ("#", "//", ";")
