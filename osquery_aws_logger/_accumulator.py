@@ -136,6 +136,8 @@ class Accumulator:
         self._router = Router(self._routed_spool)
         self._rules = self._make_rules()
         self._oldest: tuple[float, float | None] = (-math.inf, None)
+        #: Why the plugin may not ship now (see set_problem); "" when it may.
+        self.problem = ""
         #: Earlier spool directories emptied since start (the extension forgets them).
         self.drained: list[Path] = []
         self._open_routed_spools()
@@ -240,7 +242,6 @@ class Accumulator:
         for lane in self._lanes():
             lane.next_flush_at = min(lane.next_flush_at, now + self.view.period)
         self._prune()
-        self._refresh_state()
 
     def recover(self, now: float) -> None:
         """After an unexpected error: forget everything read and read it again from the last
@@ -292,12 +293,20 @@ class Accumulator:
         return total
 
     def state(self) -> str:
-        """The worst state among the destinations."""
+        """The plugin's state, decided here alone: "disabled" while it may not ship, else the
+        worst of its destinations' (each destination's Health tracks its own)."""
+        if self.problem:
+            return "disabled"
         return worst([h.state for h in self._health.values()])
 
-    def _refresh_state(self) -> None:
-        if self.counters.state != "disabled":
-            self.counters.state = self.state()
+    def set_problem(self, problem: str) -> bool:
+        """Why the plugin may not ship now ("" when it may), as the flusher finds it (settings,
+        an unusable spool); told once when it changes. Answers whether there is one."""
+        if problem and problem != self.problem:
+            log.error("%s: not shipping, records stay spooled: %s", self.plugin, problem)
+            self.counters.record_error(problem)
+        self.problem = problem
+        return bool(problem)
 
     def _snapshot(self, figures: SpoolFigures) -> DeliverySnapshot:
         return DeliverySnapshot(
@@ -496,7 +505,6 @@ class Accumulator:
             # The period's flush is done once no full batch is left: the remainder waits for
             # the next period (or a full batch), instead of trickling out in tiny calls.
             lane.next_flush_at = now + self.view.period
-        self._refresh_state()
         self.publish()
 
     def failed(self, batch: Batch, error: DeliveryError, now: float) -> None:
@@ -521,5 +529,4 @@ class Accumulator:
             state = "failing"
         self.counters.record_error(message)
         health.set_state(self._label(batch.destination), state, message, now)
-        self._refresh_state()
         self.publish()

@@ -25,7 +25,8 @@ DROP_REASONS: Final = (
 
 @dataclass
 class PluginCounters:
-    """Counters of one logger plugin. Integers only grow; `state` says how shipping goes now."""
+    """Counters of one logger plugin: integers that only grow, and the last success and error.
+    (The plugin's state is its accumulator's to say.)"""
 
     accepted: int = 0  # lines (log calls, status entries) from osqueryd
     accepted_rows: int = 0  # rows in them: a batch-format line's rows, else one per line
@@ -35,7 +36,6 @@ class PluginCounters:
     throttled: int = 0
     put_calls: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
-    state: str = "ok"
     last_success: float = 0.0
     last_error: str = ""
     last_error_at: float = 0.0
@@ -63,7 +63,6 @@ class PluginCounters:
             "throttled": self.throttled,
             "put_calls": self.put_calls,
             "dropped": dropped,
-            "state": self.state,
             "last_success": self.last_success,
             "last_error": self.last_error,
         }

@@ -396,7 +396,7 @@ class LoggerExtension:
         dropped: dict[str, int] = {}
         for channel in self.flusher.accumulators:
             # One machine-readable line per plugin, so the last figures survive in the log.
-            snapshot = channel.counters.snapshot()
+            snapshot = {**channel.counters.snapshot(), "state": channel.state()}
             log.info("%s: counters %s", channel.plugin, json.dumps(snapshot, sort_keys=True))
             for reason, count in channel.counters.dropped.items():
                 if count:

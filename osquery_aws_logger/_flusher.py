@@ -140,8 +140,7 @@ class Flusher:
             self._recheck_at.clear()
             for accumulator in self.accumulators:
                 accumulator.apply(settings, now)
-                if accumulator.counters.state == "disabled" and not self._problem(accumulator):
-                    accumulator.counters.state = accumulator.state()
+                accumulator.set_problem(self._problem(accumulator) or "")
 
     def _problem(self, accumulator: Accumulator) -> str | None:
         return "; ".join(self._problems) or accumulator.intake.problem or \
@@ -149,17 +148,7 @@ class Flusher:
 
     def _usable(self, accumulator: Accumulator) -> bool:
         """Whether this plugin may ship now; records of one that may not stay spooled."""
-        counters = accumulator.counters
-        problem = self._problem(accumulator)
-        if problem:
-            if counters.state != "disabled" or counters.last_error != problem:
-                log.error("%s: not shipping, records stay spooled: %s", accumulator.plugin, problem)
-                counters.record_error(problem)
-                counters.state = "disabled"
-            return False
-        if counters.state == "disabled":
-            counters.state = accumulator.state()
-        return True
+        return not accumulator.set_problem(self._problem(accumulator) or "")
 
     def _run(self) -> None:
         while True:
@@ -185,7 +174,7 @@ class Flusher:
                 # Look again next period (or at once when new settings arrive).
                 self._recheck_at[key] = now + min(accumulator.view.period, MAX_UNUSABLE_RECHECK)
                 continue
-            before = accumulator.counters.state
+            before = accumulator.state()
             try:
                 ready = accumulator.ready(now, draining=draining)
                 for batch in ready.batches:
@@ -201,7 +190,7 @@ class Flusher:
                 self._recheck_at[key] = now + RECOVER_PAUSE_SECONDS
                 continue
             wake = min(wake, ready.wake_at)
-            if accumulator.counters.state != before:
+            if accumulator.state() != before:
                 # A change of health is on disk at once, for `status` after a crash.
                 self._next_state = now
         return sent, wake
@@ -221,6 +210,8 @@ class Flusher:
                 group.keep_headroom()
         sent, wake = self.turn(now, draining=stopping)
         for accumulator in self.accumulators:
+            # Every plugin's problem, waiting or not: the table shows an unusable one disabled.
+            accumulator.set_problem(self._problem(accumulator) or "")
             accumulator.publish(figures=True, now=now)
         self._report(now)
         if sent:
@@ -247,8 +238,6 @@ class Flusher:
                 endpoint=clients.endpoints.get(snapshot.service, "") if clients else "",
                 credential_source=clients.credential_source if clients else "",
                 credential_expires=(clients.expires_at or 0) if clients else 0)
-            if self._problem(accumulator):
-                row["state"] = "disabled"
             rows.append(row)
         return rows
 
@@ -268,10 +257,11 @@ class Flusher:
         for accumulator in self.accumulators:
             figures = accumulator.published.figures
             c = accumulator.counters
-            if figures.records or c.state != "ok":
+            state = accumulator.state()
+            if figures.records or state != "ok":
                 log.info("%s: %s; waiting %d records, %d rows (%d bytes); accepted %d lines, "
                          "%d rows; delivered %d retried %d throttled %d dropped %s",
-                         accumulator.plugin, c.state, figures.records, figures.rows,
+                         accumulator.plugin, state, figures.records, figures.rows,
                          figures.bytes, c.accepted, c.accepted_rows, c.delivered, c.retried,
                          c.throttled, {k: v for k, v in c.dropped.items() if v} or 0)
 

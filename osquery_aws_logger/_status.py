@@ -83,7 +83,7 @@ def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: 
         "stream": snapshot.stream,
         "endpoint": endpoint or snapshot.endpoint,
         "region": region,
-        "state": counters.state,
+        "state": snapshot.state,
         "accepted": counters.accepted,
         "accepted_rows": counters.accepted_rows,
         "delivered": counters.delivered,

@@ -90,21 +90,21 @@ def test_a_failed_call_backs_off_and_expired_credentials_are_renewed(tmp_path: P
               accepted]
     flusher, clients, counters = setup(tmp_path, script)
     sent, _ = flusher.turn(0.0, draining=True)
-    assert sent and clients.invalidated == 1 and counters.state == "retrying"
+    assert sent and clients.invalidated == 1 and flusher.accumulators[0].state() == "retrying"
     assert flusher.turn(0.0, draining=True)[0] is False, "backing off"
     flusher.turn(1000.0, draining=True)
-    assert counters.state == "retrying" and "EndpointConnectionError" in counters.last_error
+    assert flusher.accumulators[0].state() == "retrying" and "EndpointConnectionError" in counters.last_error
     flusher.turn(2000.0, draining=True)
-    assert counters.delivered == 5 and counters.state == "ok" and counters.retried == 10
+    assert counters.delivered == 5 and flusher.accumulators[0].state() == "ok" and counters.retried == 10
 
 
 def test_an_error_only_an_operator_can_fix_waits_the_whole_cap(tmp_path: Path) -> None:
-    flusher, _, counters = setup(tmp_path, [client_error("AccessDeniedException"), accepted])
+    flusher, _, _ = setup(tmp_path, [client_error("AccessDeniedException"), accepted])
     flusher.turn(0.0, draining=True)
-    assert counters.state == "failing"
+    assert flusher.accumulators[0].state() == "failing"
     sent, wake = flusher.turn(59.0, draining=True)
     assert not sent and wake == 60.0
-    assert flusher.turn(60.0, draining=True)[0] and counters.state == "ok"
+    assert flusher.turn(60.0, draining=True)[0] and flusher.accumulators[0].state() == "ok"
     rows = flusher.rows()
     assert rows[0]["state"] == "ok" and rows[0]["credential_source"] == "scripted"
     assert rows[0]["endpoint"] == "https://kinesis.us-east-1.amazonaws.com"  # the client's own
