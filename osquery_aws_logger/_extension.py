@@ -34,7 +34,7 @@ from ._service import SERVICES
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
 from ._spool import KIND_RESULT, KIND_STATUS, Spool
 from ._status import TABLE_NAME, StatusTable
-from ._wire import OK_RESPONSE, response
+from ._wire import OK_RESPONSE, no_such_plugin, quote, response
 
 log = logging.getLogger("osquery_aws_logger")
 
@@ -141,7 +141,9 @@ class LoggerPlugin:
             return response(code)
         if "health" in request:
             return _ok()
-        return _fail(f"{self.name}: unknown logger request with keys {sorted(request)[:5]}")
+        keys = ", ".join(quote(key) for key in sorted(request)[:5])
+        more = f" and {len(request) - 5} more" if len(request) > 5 else ""
+        return _fail(f"{self.name}: unknown logger request with keys {keys}{more}")
 
 
 class Handler:
@@ -179,7 +181,7 @@ class Handler:
                 return _fail(f"{TABLE_NAME}: internal error")
         plugin = self.plugins.get(item) if registry == "logger" else None
         if plugin is None:
-            return _fail(f"no {registry} plugin named {item!r} in this extension")
+            return no_such_plugin(registry, item)
         if "init" in request:
             self._on_init()
         return plugin.handle(request)

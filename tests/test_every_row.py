@@ -829,7 +829,6 @@ def exchange(path: str, message: bytes, timeout: float = 60) -> int:
     return received
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 10")
 def test_item10_a_10_mb_invalid_utf8_plugin_name_gets_a_reply_under_1_kib(
         tmp_path: Path, extension_factory: Factory) -> None:
     with extension_factory(tmp_path) as ext:
