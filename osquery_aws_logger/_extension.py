@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import threading
 import time
@@ -28,7 +29,14 @@ from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
 from ._logs import note_settings
-from ._manager import EXTENSION_NAME, ManagerClient
+from ._manager import (
+    EXTENSION_NAME,
+    RESOURCE_ERRNOS,
+    ManagerClient,
+    describe_failure,
+    manager_gone,
+    os_error_of,
+)
 from ._server import Server, tune_memory
 from ._service import SERVICES
 from ._settings import Settings, describe_unknown, parse_settings, unknown_options
@@ -44,6 +52,9 @@ BASE_PLUGIN_NAMES: Final = {"kinesis": "aws_kinesis", "firehose": "aws_firehose"
 CLASH_SUFFIX: Final = "_ext"
 #: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
 FEATURE_LOGSTATUS: Final = 1
+#: At most one line per this many seconds about pings to osqueryd that fail but do not mean
+#: it is gone.
+WATCH_LOG_SECONDS: Final = 60.0
 
 _OK: Final = OK_RESPONSE.status
 
@@ -243,9 +254,12 @@ class LoggerExtension:
 
     def start(self) -> int:
         if not self.manager.wait_until_up(self.args.timeout):
-            log.error("no osquery extension manager answered on %s within %ss",
-                      self.args.socket, self.args.timeout)
+            log.error("no osquery extension manager answered on %s within %ss (%s)",
+                      self.args.socket, self.args.timeout, self.manager.last_error)
             return 1
+        # Before any spool or the server takes a descriptor; said only once osqueryd answered,
+        # so a first start by hand without it still prints one line.
+        raise_descriptor_limit()
         self.settings, self.problems = self.read_settings()
         self._announce_problems(self.problems)
         try:
@@ -305,7 +319,14 @@ class LoggerExtension:
     # -- run and stop ---------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Ping osqueryd every interval; stop when it is gone or has dropped the extension."""
+        """Ping osqueryd every interval; stop when it is gone or has dropped the extension.
+
+        Gone means a refused connection or no socket, or osqueryd no longer listing this
+        extension. Any other failure (out of descriptors or memory here, a timeout) is this
+        process's trouble or a passing one: logged, at most once a minute, and watched again.
+        """
+        logged_at = -WATCH_LOG_SECONDS
+        unlogged = 0
         while not self.stopping.is_set():
             if self._reread.wait(self.args.interval):
                 self._reread.clear()
@@ -315,9 +336,25 @@ class LoggerExtension:
                 if not self.manager.ping_ok() or not self.manager.registered(self.uuid):
                     log.warning("osqueryd no longer lists this extension; stopping")
                     self.stopping.set()
-            except (TTransport.TTransportException, OSError, EOFError):
-                log.warning("osqueryd's extension manager stopped answering; stopping")
-                self.stopping.set()
+            except Exception as exc:
+                if manager_gone(exc):
+                    log.warning("osqueryd's extension manager is gone (%s); stopping",
+                                describe_failure(exc))
+                    self.stopping.set()
+                    continue
+                now = time.monotonic()
+                if now - logged_at < WATCH_LOG_SECONDS:
+                    unlogged += 1
+                    continue
+                error = os_error_of(exc)
+                here = " (a shortage in this process)" if error is not None and \
+                    error.errno in RESOURCE_ERRNOS else ""
+                log.warning("could not ping osqueryd's extension manager: %s%s; not taken for "
+                            "osqueryd gone (only a refused connection or a missing socket is), "
+                            "still watching%s", describe_failure(exc), here,
+                            f" ({unlogged} more failed pings since the last such line)"
+                            if unlogged else "")
+                logged_at, unlogged = now, 0
         if self.server is not None:
             self.server.stop()
 
@@ -361,6 +398,44 @@ class LoggerExtension:
         log.info("stopped: %s", "; ".join(parts) if left or dropped or unusable
                  else "everything accepted was delivered")
         return 0
+
+
+def _limit_text(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, and say so in one line.
+
+    systemd starts services with a soft limit of 1,024 and a far higher hard one, on the
+    understanding that a program needing more raises its own: each routed destination's
+    spool and each connection takes descriptors, and running out stops the socket accepting.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError) as exc:
+        log.warning("open file descriptors (RLIMIT_NOFILE): cannot read the limit: %s", exc)
+        return
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # No system grants unlimited descriptors; Linux stops at fs.nr_open.
+        try:
+            with open("/proc/sys/fs/nr_open") as nr_open:
+                target = int(nr_open.read())
+        except (OSError, ValueError):
+            target = soft
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        log.info("open file descriptors (RLIMIT_NOFILE): soft limit %s, already the hard limit",
+                 _limit_text(soft))
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("open file descriptors (RLIMIT_NOFILE): could not raise the soft limit from "
+                    "%s to %s: %s", _limit_text(soft), _limit_text(target), exc)
+        return
+    log.info("open file descriptors (RLIMIT_NOFILE): raised the soft limit from %s to %s",
+             _limit_text(soft), _limit_text(target))
 
 
 def run(args: ExtensionArgs) -> int:

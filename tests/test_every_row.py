@@ -633,7 +633,6 @@ def test_item5_ten_thousand_route_targets_run_under_1024_descriptors(
         assert_accounted(row, "kinesis", targets + 500)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 5")
 def test_item5_the_soft_descriptor_limit_is_raised_to_the_hard_one_and_logged(
         tmp_path: Path, extension_factory: Factory) -> None:
     wrapper = ["prlimit", "--nofile=256:4096", "--"]
@@ -645,7 +644,6 @@ def test_item5_the_soft_descriptor_limit_is_raised_to_the_hard_one_and_logged(
         assert len(lines) == 1 and "256" in lines[0] and "4096" in lines[0], lines
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 5")
 def test_item5_emfile_in_the_watcher_is_not_taken_for_osqueryd_gone(
         tmp_path: Path, extension_factory: Factory) -> None:
     with extension_factory(tmp_path) as ext:
