@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,12 +61,18 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("--aws_logger_spool_dir", default=option_default("aws_logger_spool_dir"))
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args(list(argv))
-    rows = read_status(Path(args.aws_logger_spool_dir))
+    root = Path(args.aws_logger_spool_dir)
+    rows = read_status(root)
+    # Why there is nothing to show: a spool refused, or one this user cannot read.
+    problem = spool_problem(root) if not rows else None
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
+        if problem:
+            print(f"spool {root}: {problem}", file=sys.stderr)
+    elif problem:
+        print(f"spool {root}: {problem}")
     elif not rows:
-        problem = spool_problem(Path(args.aws_logger_spool_dir))
-        print(f"no spool under {args.aws_logger_spool_dir}" + (f": {problem}" if problem else ""))
+        print(f"no spool under {root}")
     else:
         now = int(time.time())
         # A state file written this very second is 0s old, not "never" ("-").

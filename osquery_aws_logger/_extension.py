@@ -29,8 +29,15 @@ from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
 from ._logs import note_settings
-from ._manager import EXTENSION_NAME, ManagerClient
-from ._platform import tune_memory
+from ._manager import (
+    EXTENSION_NAME,
+    RESOURCE_ERRNOS,
+    ManagerClient,
+    describe_failure,
+    manager_gone,
+    os_error_of,
+)
+from ._platform import raise_descriptor_limit, tune_memory
 from ._router import ROUTED_DIR, migrate_line
 from ._scan import count_rows
 from ._server import Server
@@ -39,7 +46,7 @@ from ._settings import Settings, describe_unknown, parse_settings, unknown_optio
 from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup, SpoolLike
 from ._spooldirs import SpoolDirectories
 from ._status import TABLE_NAME, StatusTable
-from ._wire import OK_RESPONSE, response
+from ._wire import OK_RESPONSE, no_such_plugin, quote, response
 
 log = logging.getLogger("osquery_aws_logger")
 
@@ -47,6 +54,9 @@ log = logging.getLogger("osquery_aws_logger")
 CLASH_SUFFIX: Final = "_ext"
 #: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
 FEATURE_LOGSTATUS: Final = 1
+#: At most one line per this many seconds about pings to osqueryd that fail but do not mean
+#: it is gone.
+WATCH_LOG_SECONDS: Final = 60.0
 
 _OK: Final = OK_RESPONSE.status
 
@@ -148,7 +158,9 @@ class LoggerPlugin:
             return response(code)
         if "health" in request:
             return _ok()
-        return _fail(f"{self.name}: unknown logger request with keys {sorted(request)[:5]}")
+        keys = ", ".join(quote(key) for key in sorted(request)[:5])
+        more = f" and {len(request) - 5} more" if len(request) > 5 else ""
+        return _fail(f"{self.name}: unknown logger request with keys {keys}{more}")
 
 
 class Handler:
@@ -186,7 +198,7 @@ class Handler:
                 return _fail(f"{TABLE_NAME}: internal error")
         plugin = self.plugins.get(item) if registry == "logger" else None
         if plugin is None:
-            return _fail(f"no {registry} plugin named {item!r} in this extension")
+            return no_such_plugin(registry, item)
         if "init" in request:
             self._on_init()
         return plugin.handle(request)
@@ -251,9 +263,12 @@ class LoggerExtension:
 
     def start(self) -> int:
         if not self.manager.wait_until_up(self.args.timeout):
-            log.error("no osquery extension manager answered on %s within %ss",
-                      self.args.socket, self.args.timeout)
+            log.error("no osquery extension manager answered on %s within %ss (%s)",
+                      self.args.socket, self.args.timeout, self.manager.last_error)
             return 1
+        # Before any spool or the server takes a descriptor; said only once osqueryd answered,
+        # so a first start by hand without it still prints one line.
+        raise_descriptor_limit()
         self.settings, self.problems = self.read_settings()
         self._announce_problems(self.problems)
         try:
@@ -356,7 +371,14 @@ class LoggerExtension:
     # -- run and stop ---------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        """Ping osqueryd every interval; stop when it is gone or has dropped the extension."""
+        """Ping osqueryd every interval; stop when it is gone or has dropped the extension.
+
+        Gone means a refused connection or no socket, or osqueryd no longer listing this
+        extension. Any other failure (out of descriptors or memory here, a timeout) is this
+        process's trouble or a passing one: logged, at most once a minute, and watched again.
+        """
+        logged_at = -WATCH_LOG_SECONDS
+        unlogged = 0
         while not self.stopping.is_set():
             if self._reread.wait(self.args.interval):
                 self._reread.clear()
@@ -366,9 +388,25 @@ class LoggerExtension:
                 if not self.manager.ping_ok() or not self.manager.registered(self.uuid):
                     log.warning("osqueryd no longer lists this extension; stopping")
                     self.stopping.set()
-            except (TTransport.TTransportException, OSError, EOFError):
-                log.warning("osqueryd's extension manager stopped answering; stopping")
-                self.stopping.set()
+            except Exception as exc:
+                if manager_gone(exc):
+                    log.warning("osqueryd's extension manager is gone (%s); stopping",
+                                describe_failure(exc))
+                    self.stopping.set()
+                    continue
+                now = time.monotonic()
+                if now - logged_at < WATCH_LOG_SECONDS:
+                    unlogged += 1
+                    continue
+                error = os_error_of(exc)
+                here = " (a shortage in this process)" if error is not None and \
+                    error.errno in RESOURCE_ERRNOS else ""
+                log.warning("could not ping osqueryd's extension manager: %s%s; not taken for "
+                            "osqueryd gone (only a refused connection or a missing socket is), "
+                            "still watching%s", describe_failure(exc), here,
+                            f" ({unlogged} more failed pings since the last such line)"
+                            if unlogged else "")
+                logged_at, unlogged = now, 0
         if self.server is not None:
             self.server.stop()
 

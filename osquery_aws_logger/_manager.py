@@ -1,7 +1,13 @@
-"""The client side of osqueryd's ExtensionManager: ping, options, register, deregister."""
+"""The client side of osqueryd's ExtensionManager: ping, options, register, deregister.
+
+Every call opens a connection of its own, so a call can fail for reasons that are this
+process's, not osqueryd's: out of descriptors (EMFILE, ENFILE) or memory (ENOMEM, ENOBUFS), a
+timeout. Only a refused connection or a missing socket means osqueryd is gone (`manager_gone`).
+"""
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any, Final
 
@@ -18,6 +24,40 @@ EXTENSION_NAME: Final = "aws_logger"
 SDK_VERSION: Final = "5.23.0"
 MIN_SDK_VERSION: Final = "1.8.0"
 CONFLICT_TEXT: Final = "conflicts with another item of the same name"
+#: A connection refused, or no socket (or no directory) where osqueryd's was: osqueryd is gone.
+GONE_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ENOTDIR})
+#: Shortages on this side of the connection: never taken for osqueryd gone.
+RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed call: the exception itself, or the one thrift's
+    TTransportException wraps (its `inner`: TSocket.open wraps a failed connect, but lets a
+    failed socket() through as it is), or a cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        inner = getattr(current, "inner", None)
+        current = inner if isinstance(inner, BaseException) else \
+            current.__cause__ or current.__context__
+    return None
+
+
+def manager_gone(exc: BaseException) -> bool:
+    """Whether a failed call means osqueryd's extension manager is gone (refused, no socket)."""
+    error = os_error_of(exc)
+    return error is not None and error.errno in GONE_ERRNOS
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed call in a few words: its errno's name and text, or the exception."""
+    error = os_error_of(exc)
+    if error is not None and error.errno is not None:
+        return f"{errno.errorcode.get(error.errno, error.errno)}: {error.strerror or error}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class ManagerClient:
@@ -26,6 +66,8 @@ class ManagerClient:
     def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        #: Why the last wait_until_up failed ("" when it did not).
+        self.last_error = ""
 
     def _call(self, method: str, *args: Any) -> Any:
         sock = TSocket.TSocket(unix_socket=self.socket_path)
@@ -43,9 +85,11 @@ class ManagerClient:
         while True:
             try:
                 self._call("ping")
+                self.last_error = ""
                 return True
-            except (TTransport.TTransportException, OSError):
+            except (TTransport.TTransportException, OSError) as exc:
                 if time.monotonic() >= deadline:
+                    self.last_error = describe_failure(exc)
                     return False
                 time.sleep(0.1)
 

@@ -9,14 +9,15 @@ what else a macOS or Windows build would need.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import socket
 import struct
 import sys
 from typing import Any, Final
 
-#: The soft limit on open files asked for where the hard limit is unlimited.
-_UNLIMITED_TARGET: Final = 65536
+log = logging.getLogger("osquery_aws_logger")
+
 #: glibc's mallopt parameter for the size from which allocations get their own mapping.
 _M_MMAP_THRESHOLD: Final = -3
 
@@ -83,24 +84,47 @@ def accept_with_timeout(listener: socket.socket, seconds: float) -> bool:
     return True
 
 
-def raise_open_files_limit() -> tuple[int, int] | None:
-    """Raise the soft limit on open files to the hard limit; answer (before, after), or None
-    where there are no such limits (or nothing to raise)."""
+def _limit_text(value: int) -> str:
+    return "unlimited" if value < 0 or value >= 1 << 62 else str(value)  # RLIM_INFINITY
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, and say so in one line.
+
+    systemd starts services with a soft limit of 1,024 and a far higher hard one, on the
+    understanding that a program needing more raises its own: each routed destination's
+    spool and each connection takes descriptors, and running out stops the socket accepting.
+    """
     try:
-        import resource  # noqa: PLC0415 - POSIX only
+        import resource  # noqa: PLC0415 - POSIX only: elsewhere there is no such limit
     except ImportError:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # An unlimited hard limit (macOS) cannot be the soft one there: take a large finite one.
-    target = _UNLIMITED_TARGET if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft >= target:
-        return None
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError) as exc:
+        log.warning("open file descriptors (RLIMIT_NOFILE): cannot read the limit: %s", exc)
+        return
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # No system grants unlimited descriptors; Linux stops at fs.nr_open.
+        try:
+            with open("/proc/sys/fs/nr_open") as nr_open:
+                target = int(nr_open.read())
+        except (OSError, ValueError):
+            target = soft
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        log.info("open file descriptors (RLIMIT_NOFILE): soft limit %s, already the hard limit",
+                 _limit_text(soft))
+        return
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return None
-    return soft, target
+    except (OSError, ValueError) as exc:
+        log.warning("open file descriptors (RLIMIT_NOFILE): could not raise the soft limit from "
+                    "%s to %s: %s", _limit_text(soft), _limit_text(target), exc)
+        return
+    log.info("open file descriptors (RLIMIT_NOFILE): raised the soft limit from %s to %s",
+             _limit_text(soft), _limit_text(target))
 
 
-__all__ = ["accept_with_timeout", "fdatasync", "raise_open_files_limit", "release_memory",
+__all__ = ["accept_with_timeout", "fdatasync", "raise_descriptor_limit", "release_memory",
            "tune_memory", "wake_pipe"]

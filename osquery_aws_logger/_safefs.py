@@ -51,8 +51,9 @@ def parent_problem(path: Path) -> str | None:
 
 
 def spool_problem(root: Path) -> str | None:
-    """Why the extension would refuse a spool under `root`, as far as can be seen from outside
-    (for `osquery-aws-logger status`, which never creates anything)."""
+    """Why the extension would refuse a spool under `root`, or why it cannot be read, as far
+    as can be seen from outside (for `osquery-aws-logger status`, which never creates
+    anything). Never raises."""
     problem = parent_problem(root / "kinesis")
     if problem:
         return problem
@@ -60,6 +61,11 @@ def spool_problem(root: Path) -> str | None:
         return f"{root} is a symbolic link; the spool never follows one"
     if os.path.lexists(root) and not os.path.isdir(root):
         return f"{root} is not a directory"
+    if os.path.isdir(root):
+        try:
+            os.close(os.open(root, DIR_FLAGS))
+        except OSError as exc:
+            return f"cannot read {root}: {exc.strerror or exc}"
     return None
 
 

@@ -232,10 +232,17 @@ def _parse_ca_bundle(text: str) -> str:
     return value
 
 
+#: Longest plugin suffix: the plugin names stay far below the longest name a call may carry
+#: (_wire.MAX_NAME_BYTES; a longer one is answered "no such plugin" unread).
+MAX_SUFFIX_CHARS: Final = 100
+
+
 def _parse_suffix(text: str) -> str:
     value = text.strip()
     if value and not all(c.isalnum() or c == "_" for c in value):
         raise ValueError("expected letters, digits and underscores")
+    if len(value) > MAX_SUFFIX_CHARS:
+        raise ValueError(f"expected at most {MAX_SUFFIX_CHARS} letters, digits and underscores")
     return value
 
 

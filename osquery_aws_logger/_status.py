@@ -148,33 +148,55 @@ def write_state(spool: SpoolLike, row: dict[str, Any]) -> None:
 
 def read_status(spool_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
     """Each plugin's last figures from disk, with the spool's depth read afresh (read-only).
-    Never raises: a directory that cannot be read gives no rows (see spool_problem)."""
+
+    Never raises: a spool directory that cannot be listed gives no rows (`spool_problem`
+    says why), and a plugin's directory that cannot be read gives a row saying so in
+    `last_error`, unhealthy (a spool owned by another user, without CAP_DAC_OVERRIDE)."""
     now = time.time() if now is None else now
-    rows = []
     try:
-        directories = sorted(p for p in spool_dir.iterdir() if p.is_dir())
+        directories = sorted(p for p in spool_dir.iterdir() if p.is_dir()) \
+            if spool_dir.is_dir() else []
     except OSError:
         return []
+    rows = []
     for directory in directories:
         try:
-            holds = any(directory.glob("*" + SEGMENT_SUFFIX)) or \
-                (directory / STATE_FILE).exists() or (directory / LEDGER_FILE).exists()
-        except OSError:
-            continue
-        if not holds:
-            continue
-        row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
-        with contextlib.suppress(OSError, ValueError):
-            row.update(json.loads((directory / STATE_FILE).read_text()))
-        records, waiting, size, oldest = _inspect_plugin(directory)
-        row["service"] = row.get("service") or directory.name
-        row["plugin"] = row.get("plugin") or f"aws_{directory.name}"
-        row["spool_records"], row["waiting_rows"], row["spool_bytes"] = records, waiting, size
-        row["oldest_age_seconds"] = int(now - oldest) if oldest else 0
-        row["state"] = row.get("state") or "unknown"
-        row["healthy"] = healthy(row)
-        rows.append(row)
+            row = _plugin_row(directory, now)
+        except OSError as exc:
+            row = _unreadable_row(directory, exc)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _plugin_row(directory: Path, now: float) -> dict[str, Any] | None:
+    """One plugin's row, or None for a directory that holds no spool; OSError when the
+    directory cannot be read."""
+    names = set(os.listdir(directory))  # raises when it cannot be read: nothing is guessed
+    if not any(name.endswith(SEGMENT_SUFFIX) for name in names) and STATE_FILE not in names \
+            and LEDGER_FILE not in names:
+        return None
+    row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        row.update(json.loads((directory / STATE_FILE).read_text()))
+    records, waiting, size, oldest = _inspect_plugin(directory)
+    row["service"] = row.get("service") or directory.name
+    row["plugin"] = row.get("plugin") or f"aws_{directory.name}"
+    row["spool_records"], row["waiting_rows"], row["spool_bytes"] = records, waiting, size
+    row["oldest_age_seconds"] = int(now - oldest) if oldest else 0
+    row["state"] = row.get("state") or "unknown"
+    row["healthy"] = healthy(row)
+    return row
+
+
+def _unreadable_row(directory: Path, exc: OSError) -> dict[str, Any]:
+    """A plugin directory `status` cannot read: what it holds is unknown, which is unhealthy."""
+    row: dict[str, Any] = {name: "" for name in COLUMN_NAMES}
+    row.update(service=directory.name, plugin=f"aws_{directory.name}", state="unknown",
+               spool_records=0, waiting_rows=0, spool_bytes=0, oldest_age_seconds=0,
+               last_error=f"cannot read {exc.filename or directory}: {exc.strerror or exc}",
+               healthy=False)
+    return row
 
 
 def _inspect_plugin(directory: Path) -> tuple[int, int, int, float | None]:

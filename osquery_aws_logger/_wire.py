@@ -7,6 +7,10 @@ and of `call(registry, item, map<string,string>)` is parsed with `struct` on the
 bytes, and the usual answers are templates made once by the generated code itself (so they
 cannot drift from it) with the sequence id patched in. Every other message, or anything this
 parser does not expect, goes to the generated Processor unchanged.
+
+A name a peer sends (registry, plugin, request key, method) is never echoed whole: an error
+answer quotes a short escaped prefix of it (`quote`), and a name longer than any real one is
+answered from its bytes, without being decoded or copied, so a 60 MB name costs a small reply.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Final
 from osquery.extensions import Extension
 from osquery.extensions.ttypes import ExtensionResponse, ExtensionStatus
 from thrift.protocol import TBinaryProtocol
-from thrift.Thrift import TMessageType, TType
+from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport import TTransport
 
 _VERSION_1: Final = 0x80010000
@@ -30,6 +34,40 @@ _MAP_HEADER: Final = struct.Struct(">bbi")
 _NAME_LENGTH: Final = struct.pack(">i", 4)
 #: A reply's sequence id sits after the version word and the 4-byte name ("ping"/"call").
 _SEQID_AT: Final = 4 + 4 + 4
+
+
+#: Most characters of a name or value a peer sent that an error message quotes.
+QUOTE_CHARS: Final = 64
+#: Longest registry, plugin, request-key or method name taken as a name: osquery's are a few
+#: dozen bytes. A longer one is answered as unknown straight from the bytes, never decoded.
+MAX_NAME_BYTES: Final = 1024
+
+
+def quote(value: str | bytes | bytearray | memoryview, limit: int = QUOTE_CHARS) -> str:
+    """A name or value a peer sent, fit for an error message or a log line.
+
+    At most `limit` characters of escaped text (repr's escapes, so control characters,
+    surrogates and bytes that are not UTF-8 show as escapes), in quotes, then a marker with
+    the full length when anything was cut. Only the first `limit` characters (bytes) are
+    copied or decoded, whatever the size of `value`: a 60 MB name costs what a short one does.
+    """
+    if isinstance(value, str):
+        total, unit, head = len(value), "characters", value[:limit]
+    else:
+        total, unit = len(value), "bytes"
+        head = bytes(value[:limit]).decode("utf-8", "surrogateescape")
+    cut = total > limit
+    out: list[str] = []
+    used = 0
+    for char in head:
+        escaped = "\\'" if char == "'" else repr(char)[1:-1]
+        if used + len(escaped) > limit:
+            cut = True
+            break
+        out.append(escaped)
+        used += len(escaped)
+    text = "'" + "".join(out) + "'"
+    return f"{text}... (cut, {total} {unit} in all)" if cut else text
 
 
 class NeedMore(Exception):
@@ -44,11 +82,11 @@ class Malformed(Exception):
     """Bytes that are no Thrift binary message, or one over the size limit: close the peer."""
 
 
-#: A parsed fast-path message: its sequence id, where it ends, and (registry, item, request)
-#: for a call or None for a ping.
+#: A parsed fast-path message: its sequence id, where it ends, and (registry, item, request,
+#: the first request key too long to be one) for a call or None for a ping.
 #: Values are bytes, or views into the receive buffer for a message that spanned reads.
 Bytes = bytes | memoryview
-_Parsed = tuple[Bytes, int, "tuple[Bytes, Bytes, dict[bytes, Bytes]] | None"]
+_Parsed = tuple[Bytes, int, "tuple[Bytes, Bytes, dict[bytes, Bytes], Bytes | None] | None"]
 
 
 class _LenientBinaryProtocol(TBinaryProtocol.TBinaryProtocol):  # type: ignore[misc]
@@ -85,6 +123,26 @@ def response(code: int, message: str = "OK", rows: list[Any] | None = None) -> A
     """An ExtensionResponse: a status code and message, and rows (tables) or none."""
     return ExtensionResponse(status=ExtensionStatus(code=code, message=message),
                              response=rows if rows is not None else [])
+
+
+def no_such_plugin(registry: str | Bytes, item: str | Bytes) -> Any:
+    """The answer to a call for a registry or plugin this extension does not have; the names
+    are quoted, cut short (`quote`)."""
+    return response(1, f"no {quote(registry)} plugin named {quote(item)} in this extension")
+
+
+def _unknown_method(name: Bytes, seqid: int) -> bytes:
+    """What the generated Processor answers to a method it does not know ("Unknown function
+    X", as a TApplicationException), with the name quoted and cut short instead of echoed
+    whole, twice."""
+    buffer = TTransport.TMemoryBuffer()
+    protocol = TBinaryProtocol.TBinaryProtocol(buffer)
+    shown = quote(name)
+    protocol.writeMessageBegin(shown, TMessageType.EXCEPTION, seqid)
+    TApplicationException(TApplicationException.UNKNOWN_METHOD,
+                          f"Unknown function {shown}").write(protocol)
+    protocol.writeMessageEnd()
+    return bytes(buffer.getvalue())
 
 
 OK_STATUS: Final = ExtensionStatus(code=0, message="OK")
@@ -146,6 +204,7 @@ class WireCodec:
             raise _Unexpected
         registry = item = None
         request: dict[bytes, Bytes] | None = None
+        long_key: Bytes | None = None
         while True:
             if len(data) <= pos:
                 raise NeedMore
@@ -168,18 +227,29 @@ class WireCodec:
                 request = {}
                 for _ in range(size):
                     key, pos = _string(data, pos)
-                    request[bytes(key)], pos = _string(data, pos)
+                    value, pos = _string(data, pos)
+                    if len(key) <= MAX_NAME_BYTES:
+                        request[bytes(key)] = value
+                    elif long_key is None:
+                        long_key = key  # answered unknown by _act: a view, never copied
+
             else:
                 raise _Unexpected
         if registry is None or item is None or request is None:
             raise _Unexpected
-        return seqid, pos, (registry, item, request)
+        return seqid, pos, (registry, item, request, long_key)
 
     def _act(self, parsed: _Parsed) -> tuple[bytes, int]:
         seqid, end, call = parsed
         if call is None:
             return _with_seqid(_PING_OK, seqid), end
-        registry, item, request = call
+        registry, item, request, long_key = call
+        if len(registry) > MAX_NAME_BYTES or len(item) > MAX_NAME_BYTES:
+            # No registry or plugin has such a name: answered from the bytes, never decoded.
+            return self._reply(no_such_plugin(registry, item), seqid), end
+        if long_key is not None:
+            return self._reply(response(1, f"no request key is that long: {quote(long_key)}"),
+                               seqid), end
         if registry == b"logger" and len(request) <= 2:
             line = request.get(b"string")
             if line is None and len(request) == 1:
@@ -188,11 +258,15 @@ class WireCodec:
                 return _with_seqid(_CALL_OK, seqid), end
         decoded = {str(k, "utf-8", "surrogateescape"): str(v, "utf-8", "surrogateescape")
                    for k, v in request.items()}
-        response = self._handler.call(str(registry, "utf-8", "surrogateescape"),
-                                      str(item, "utf-8", "surrogateescape"), decoded)
-        if response is OK_RESPONSE:
-            return _with_seqid(_CALL_OK, seqid), end
-        return _with_seqid(_reply("call", Extension.call_result(success=response)), seqid), end
+        answer = self._handler.call(str(registry, "utf-8", "surrogateescape"),
+                                    str(item, "utf-8", "surrogateescape"), decoded)
+        return self._reply(answer, seqid), end
+
+    @staticmethod
+    def _reply(answer: Any, seqid: Bytes) -> bytes:
+        if answer is OK_RESPONSE:
+            return _with_seqid(_CALL_OK, seqid)
+        return _with_seqid(_reply("call", Extension.call_result(success=answer)), seqid)
 
     def _generated(self, data: bytes | bytearray) -> tuple[bytes, int]:
         """Anything else, through osquery-python's generated Processor, once the scanner says
@@ -201,10 +275,34 @@ class WireCodec:
         end = MessageScanner(MAX_MESSAGE_BYTES).feed(data) if data else None
         if end is None:
             raise NeedMore
+        unknown = _unknown_method_of(data)
+        if unknown is not None:
+            # Answered here: the generated code would decode the name and echo it twice.
+            return _unknown_method(*unknown), end
         source = TTransport.TMemoryBuffer(bytes(data[:end]))
         sink = TTransport.TMemoryBuffer()
         self._processor.process(lenient_protocol(source), TBinaryProtocol.TBinaryProtocol(sink))
         return bytes(sink.getvalue()), end
+
+
+#: The methods of the Extension service (the generated Processor answers these).
+_METHODS: Final = frozenset({b"ping", b"call", b"shutdown"})
+
+
+def _unknown_method_of(data: bytes | bytearray) -> tuple[Bytes, int] | None:
+    """The name and sequence id of a whole message whose method the service does not have,
+    or None for one of its methods. The name is a view: never copied or decoded here."""
+    view = memoryview(data)
+    (word,) = _I32.unpack_from(view, 0)
+    if word < 0:  # strict: version, name length, name, sequence id
+        (length,) = _I32.unpack_from(view, 4)
+        name, after = view[8:8 + length], 8 + length
+    else:  # non-strict: name length, name, message type byte, sequence id
+        name, after = view[4:4 + word], 4 + word + 1
+    if len(name) <= MAX_NAME_BYTES and bytes(name) in _METHODS:
+        return None
+    (seqid,) = _I32.unpack_from(view, after)
+    return name, seqid
 
 
 def _string(data: Bytes, pos: int) -> tuple[Bytes, int]:

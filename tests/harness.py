@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: floa
         time.sleep(step)
 
 
-def make_ext(directory: Path, command: Path = EXTENSION_COMMAND) -> Path:
-    """An autoloadable .ext: a shell script that execs the extension in place (one process)."""
+def make_ext(directory: Path, command: Path = EXTENSION_COMMAND, wrapper: Sequence[str] = ()) -> Path:
+    """An autoloadable .ext: a shell script that execs the extension in place (one process).
+
+    `wrapper` is a command that itself execs the rest in place (``prlimit --nofile=1024:1024 --``,
+    ``setpriv --bounding-set=-dac_override --``): the extension still ends as the one process
+    osqueryd started, under the limits or privileges the wrapper set.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "osquery-aws-logger.ext"
-    path.write_text(f'#!/bin/sh\nexec "{command}" "$@"\n')
+    prefix = shlex.join(wrapper) + " " if wrapper else ""
+    path.write_text(f'#!/bin/sh\nexec {prefix}"{command}" "$@"\n')
     path.chmod(0o755)
     return path
 
@@ -51,7 +58,8 @@ class RunningExtension:
 
     def __init__(self, work: Path, *, options: dict[str, str] | None = None,
                  builtin_aws: bool = False, interval: int = 1, timeout: int = 3,
-                 verbose: bool = False, env: dict[str, str] | None = None) -> None:
+                 verbose: bool = False, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
         self.work = work
         # AF_UNIX paths are short (108 bytes): keep the socket out of pytest's long tmp path.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="oq", dir="/tmp"))
@@ -63,7 +71,7 @@ class RunningExtension:
         self.verbose = verbose
         self.env = env or {}
         self.stderr_path = work / "extension.stderr"
-        self.ext = make_ext(work / "bin")
+        self.ext = make_ext(work / "bin", wrapper=wrapper)
         self.standin = self._make_standin()
         self.proc: subprocess.Popen[bytes] | None = None
         self.uuid = 0
