@@ -63,6 +63,15 @@ class Ledger:
             else:
                 self.finished.add(seq)
 
+    def correct(self, seq: int, rows: int) -> None:
+        """Line `seq`, read and not yet finished in part, holds `rows` rows after all."""
+        self.parts.pop(seq, None)
+        self.finished.discard(seq)
+        if rows <= 0:
+            self.finished.add(seq)
+        elif rows > 1:
+            self.parts[seq] = rows
+
     def finish_rows(self, seq: int, rows: int) -> None:
         if rows > 0:
             self.finish([seq] * rows)
@@ -147,8 +156,10 @@ class Lane:
         made = 0
         taken: list[tuple[bytes, int, str]] = []
         while not self.enough(limits):
-            if not self.sources and not self._read(rules, drop):
-                break
+            if not self.sources:
+                if not self._read(rules, drop):
+                    break
+                continue  # what was read may all have been dropped: read on
             source = self.sources[0]
             before = source.made
             room_rows = limits.max_records - len(self.pending) - len(self.open)
@@ -176,6 +187,8 @@ class Lane:
             self.ledger.expect(record.seq, record.rows)
             source = self._shape(record, rules, drop)
             if source is not None:
+                if source.total != record.rows:
+                    self.ledger.correct(record.seq, source.total)
                 self.sources.append(source)
         return bool(records)
 
@@ -321,7 +334,7 @@ class _Routed(LineRows):
     def __init__(self, record: SpooledRecord) -> None:
         self.seq, self.key, self.stream, self.name = record.seq, record.key, "", ""
         self._data = record.data
-        self._rows = record.rows
+        self._rows = self.total = record.rows
         self.left = max(1, record.rows)
 
     def take(self, out: list[tuple[bytes, int, str]], max_rows: int, max_bytes: int,

@@ -94,8 +94,10 @@ class Router:
             budget = ROUTE_CHUNK_ROWS - moved
             budget_bytes = ROUTE_CHUNK_BYTES
             while budget > 0 and budget_bytes > 0:
-                if not intake.sources and not self._read(intake, rules, drop):
-                    break
+                if not intake.sources:
+                    if not self._read(intake, rules, drop):
+                        break
+                    continue  # what was read may all have been dropped: read on
                 source = intake.sources[0]
                 before = source.made
                 dropper = _dropper(intake.ledger, source.seq, drop)
@@ -130,6 +132,8 @@ class Router:
             source = shape(record, rules, intake.spool.read_span,
                            _dropper(intake.ledger, record.seq, drop))
             if source is not None:
+                if source.total != record.rows:
+                    intake.ledger.correct(record.seq, source.total)
                 intake.sources.append(source)
         return bool(records)
 

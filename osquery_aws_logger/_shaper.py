@@ -82,6 +82,7 @@ class LineRows:
     key: str
     stream: str
     name: str
+    total: int  # rows the line holds, as found in it
     left: int  # rows not yet taken nor dropped
     made: int = 0  # rows made by expanding a batch-format line (taken or dropped)
 
@@ -97,7 +98,7 @@ class _Whole(LineRows):
                  name: str) -> None:
         self.seq, self.key, self.stream, self.name = seq, key, stream, name
         self._record = record
-        self._rows = rows
+        self._rows = self.total = rows
         self.left = max(1, rows)  # an empty batch run shipped whole is still one record
 
     def take(self, out: list[tuple[bytes, int, str]], max_rows: int, max_bytes: int,
@@ -114,9 +115,9 @@ class _BatchRows(LineRows):
                  read_span: ReadSpan, host: str, stream: str) -> None:
         self.seq, self.stream = record.seq, stream
         self.name = str(batch.legacy.get("name") or "")
-        # The rows counted when the line was spooled are the ones accounted for; the walk
-        # gives the same number (one rule on both sides).
-        self.left = record.rows
+        # The walk finds the rows counted when the line was spooled (one rule on both sides);
+        # were they ever to differ, the line's own rows are the ones sent, none skipped.
+        self.left = self.total = batch.rows
         self._rules = rules
         self._host = host
         self._legacy = batch.legacy
@@ -213,8 +214,11 @@ class _BatchRows(LineRows):
 def _dump(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError:  # an integer past 64 bits, read by json: json writes it back as it was
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # an integer past 64 bits, or a lone surrogate, read by json
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate has no UTF-8: written as its escape
+            return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _status_fields(data: bytes) -> dict[str, Any]:

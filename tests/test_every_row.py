@@ -269,7 +269,6 @@ def check_poison_outcome(ext: RunningExtension, aws: Aws, service: str, *,
     assert_accounted(row, service, good + bad)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1")
 def test_item1_poison_lines_cost_no_other_line_and_each_is_counted_once(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     with extension_factory(tmp_path, options=aws.options()) as ext:
@@ -285,7 +284,6 @@ def test_item1_poison_lines_cost_no_other_line_and_each_is_counted_once(
         assert_alive(ext)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1")
 def test_item1_poison_lines_with_routes_cost_no_routed_line(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     aws.moto.create_stream("routed-stream")
@@ -320,7 +318,9 @@ def good_event(marker: str, name: str, host: str) -> bytes:
 def spec_rows(line: bytes) -> int:
     """Rows in a line as issue 18 counts them: a valid batch-format line's rows, else 1."""
     try:
-        parsed = json.loads(line)
+        # Strict UTF-8 first: json.loads(bytes) would let a surrogate's bytes through
+        # ("surrogatepass"), which no JSON text may hold (RFC 8259: UTF-8; RFC 3629).
+        parsed = json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError):
         return 1
     if not isinstance(parsed, dict):
@@ -430,7 +430,6 @@ def good_marker(row: bytes) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 1")
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), service=st.sampled_from([KINESIS, FIREHOSE]), routes=st.booleans(),
@@ -555,7 +554,6 @@ def big_snapshot_ships_every_row_in_bounded_memory(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 2")
 def test_item2_a_snapshot_under_16_mib_of_250k_rows_as_events_stays_within_100_mb(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     big_snapshot_ships_every_row_in_bounded_memory(tmp_path, extension_factory, aws,
@@ -563,7 +561,6 @@ def test_item2_a_snapshot_under_16_mib_of_250k_rows_as_events_stays_within_100_m
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 items 2 and 3")
 def test_item3_a_20_mb_snapshot_of_250k_rows_as_events_ships_every_row_within_100_mb(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     big_snapshot_ships_every_row_in_bounded_memory(tmp_path, extension_factory, aws,
@@ -573,7 +570,6 @@ def test_item3_a_20_mb_snapshot_of_250k_rows_as_events_ships_every_row_within_10
 # -- 4. caps lowered with results as events -------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 4")
 def test_item4_a_cap_lowered_while_batch_lines_wait_counts_every_row(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     lines, per_line = 600, 100
@@ -603,7 +599,6 @@ def test_item4_a_cap_lowered_while_batch_lines_wait_counts_every_row(
 # -- 5. many route targets, few descriptors ---------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 5")
 def test_item5_ten_thousand_route_targets_run_under_1024_descriptors(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     targets = 10_000
@@ -667,7 +662,6 @@ def test_item5_emfile_in_the_watcher_is_not_taken_for_osqueryd_gone(
 # -- 6. fixing a typo strands nothing ----------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 6")
 def test_item6_rows_for_a_mistyped_stream_arrive_once_it_is_fixed_with_a_status_stream_set(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     aws.moto.create_stream("status-stream")
@@ -687,7 +681,6 @@ def test_item6_rows_for_a_mistyped_stream_arrive_once_it_is_fixed_with_a_status_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 6")
 def test_item6_rows_for_a_mistyped_route_target_arrive_at_the_corrected_one(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     aws.moto.create_stream("security-stream")
@@ -711,7 +704,6 @@ def test_item6_rows_for_a_mistyped_route_target_arrive_at_the_corrected_one(
 # -- 7. a changed spool directory ----------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 7")
 def test_item7_a_changed_spool_dir_drains_the_old_one_and_says_so(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     old, new = tmp_path / "old-spool", tmp_path / "new-spool"
@@ -734,7 +726,6 @@ def test_item7_a_changed_spool_dir_drains_the_old_one_and_says_so(
 
 # -- 8. a spool owned by another user, without CAP_DAC_OVERRIDE -----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 8")
 def test_item8_a_foreign_spool_without_dac_capabilities_is_disabled_not_a_crash(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     spool = tmp_path / "foreign"
@@ -758,7 +749,6 @@ def test_item8_a_foreign_spool_without_dac_capabilities_is_disabled_not_a_crash(
 
 # -- 9. the table reads no file ----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 18 item 9")
 def test_item9_the_tables_figures_are_answered_without_reading_a_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     counters = PluginCounters()
@@ -841,7 +831,6 @@ def test_item10_a_10_mb_invalid_utf8_plugin_name_gets_a_reply_under_1_kib(
 # -- 11. a tiny filesystem ----------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 11")
 def test_item11_a_spool_on_2_mib_recovers_after_it_filled(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     with tmpfs(tmp_path / "tiny", "2m") as mount:
@@ -873,7 +862,6 @@ def test_item11_a_spool_on_2_mib_recovers_after_it_filled(
 # -- 12. two plugins on one full disk ----------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 item 12")
 @pytest.mark.parametrize("older", SERVICES)
 def test_item12_on_a_shared_full_disk_the_oldest_rows_across_both_plugins_go_first(
         tmp_path: Path, extension_factory: Factory, aws: Aws, older: str) -> None:
