@@ -292,8 +292,9 @@ class Spool:
         self._on_drop = on_drop
         self._migrate = migrate
         self._group = group if group is not None else SpoolGroup()
-        self._segment_records = max(1, min(4096, max_records // 16))
-        self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
+        self._fs_bytes = 0  # the size of the filesystem the spool is on, once open
+        self._segment_records = self._segment_bytes = 0
+        self._size_segments()
         self._segments: list[_Segment] = []
         self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
         self._dir_fd = -1
@@ -343,6 +344,10 @@ class Spool:
             self._dir_fd = open_directory(self.directory, create=True, mode=0o700)
             info = os.fstat(self._dir_fd)
             self._identity, self.device = (info.st_dev, info.st_ino), info.st_dev
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(self._dir_fd)
+                self._fs_bytes = fs.f_blocks * fs.f_frsize
+            self._size_segments()
             self._released = False
             self._recover()
         except (OSError, ValueError) as exc:
@@ -878,6 +883,14 @@ class Spool:
         self._after_use()
         return True
 
+    def _size_segments(self) -> None:
+        """A segment holds a sixteenth of each cap, and of the filesystem: room comes back a
+        segment at a time, so on a small filesystem (a 2 MiB mount, a quota) a delivered
+        segment is never most of it while new lines wait behind it."""
+        self._segment_records = max(1, min(4096, self.max_records // 16))
+        room = self.max_bytes if not self._fs_bytes else min(self.max_bytes, self._fs_bytes)
+        self._segment_bytes = max(64 << 10, min(16 << 20, room // 16))
+
     def _needs_roll(self) -> bool:
         segment = self._segments[-1]
         return segment.count >= self._segment_records or segment.size >= self._segment_bytes
@@ -964,8 +977,7 @@ class Spool:
         """New caps, in force at once: the oldest records past them are dropped and counted."""
         with self.lock:
             self.max_records, self.max_bytes = max_records, max_bytes
-            self._segment_records = max(1, min(4096, max_records // 16))
-            self._segment_bytes = max(64 << 10, min(16 << 20, max_bytes // 16))
+            self._size_segments()
             if self._usable() and self._fd >= 0 and self._segments and self._needs_roll():
                 with contextlib.suppress(OSError):
                     self._roll()  # so the old, larger segment can go whole
