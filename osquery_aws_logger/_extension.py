@@ -1,4 +1,4 @@
-"""The extension's logger plugins and lifecycle: start, register, serve, watch osqueryd, stop.
+"""The extension's lifecycle: start, register, serve, watch osqueryd, stop (the stages put together).
 
 osquery-python's start_extension exits on any flag it does not know and ends the process with
 os._exit (no cleanup) from its watcher and shutdown; this module uses its generated Thrift
@@ -15,16 +15,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from thrift.transport import TTransport
 
 from . import __version__
 from ._accumulator import Accumulator
-from ._batching import status_record
 from ._counters import PluginCounters
 from ._errors import RegistrationError
 from ._flusher import Flusher, local_host_identifier
@@ -38,171 +37,30 @@ from ._manager import (
     os_error_of,
 )
 from ._platform import raise_descriptor_limit, tune_memory
+from ._plugins import Handler, LoggerPlugin
 from ._router import ROUTED_DIR, migrate_line
-from ._scan import count_rows
 from ._server import Server
 from ._service import SERVICES, Service
-from ._settings import Settings, describe_unknown, parse_settings, unknown_options
-from ._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolGroup, SpoolLike
+from ._settings import (
+    ServiceSettings,
+    Settings,
+    describe_unknown,
+    parse_settings,
+    unknown_options,
+)
+from ._spool import Spool, SpoolGroup
 from ._spooldirs import SpoolDirectories
-from ._status import TABLE_NAME, StatusTable
-from ._wire import OK_RESPONSE, no_such_plugin, quote, response
+from ._status import TABLE_NAME, StatusReport, StatusTable
 
 log = logging.getLogger("osquery_aws_logger")
 
 #: Suffix used when osqueryd already has plugins of the base names.
 CLASH_SUFFIX: Final = "_ext"
-#: osqueryd's LoggerFeatures bits, read from the status code of {"action": "features"}.
-FEATURE_LOGSTATUS: Final = 1
+#: The tables the extension registers, with their columns.
+TABLES: Final = {TABLE_NAME: StatusTable.routes()}
 #: At most one line per this many seconds about pings to osqueryd that fail but do not mean
 #: it is gone.
 WATCH_LOG_SECONDS: Final = 60.0
-
-_OK: Final = OK_RESPONSE.status
-
-
-def _ok() -> Any:
-    return OK_RESPONSE
-
-
-def _fail(message: str) -> Any:
-    return response(1, message)
-
-
-@dataclass
-class LoggerPlugin:
-    """One registered logger plugin: it only hands lines to its spool and returns."""
-
-    name: str
-    service: Service
-    spool: SpoolLike
-    counters: PluginCounters
-    flusher_wake: Callable[[], None]
-    version: Callable[[], str]
-    settings: Callable[[], Settings]
-    host_identifier: str
-
-    def forwards_status(self) -> bool:
-        return self.service.settings(self.settings()).forwards_status
-
-    def _spool(self, kind: int, data: bytes | memoryview, rows: int = 1) -> None:
-        self.counters.accepted += 1
-        self.counters.accepted_rows += rows
-        waiting = self.spool.append(kind, data, rows=rows)
-        if waiting and waiting % self.service.limits.max_records == 0:
-            # Each full batch wakes the flusher once; waking it per line past the first batch
-            # would cost a loop turn per line while it is backing off.
-            self.flusher_wake()
-
-    def log_bytes(self, line: bytes | memoryview) -> None:
-        """A result or snapshot line as osqueryd sent it: spool it and return."""
-        try:
-            # Counted now, in rows, so whatever becomes of the line (a cap, a full disk) is
-            # counted in rows too, read or not.
-            self._spool(KIND_RESULT, line, count_rows(line))
-        except Exception:
-            self.counters.drop("spool_error")
-            log.exception("%s: could not spool a line", self.name)
-
-    def log_line(self, line: str) -> None:
-        self.log_bytes(line.encode("utf-8", "surrogateescape"))
-
-    def log_status(self, text: str) -> None:
-        if not self.forwards_status():
-            return
-        try:
-            entries = json.loads(text)
-        except ValueError:
-            self.counters.accepted += 1
-            self.counters.accepted_rows += 1
-            self.counters.drop("not_json")
-            log.warning("%s: a status log batch was not JSON; dropped", self.name)
-            return
-        if not isinstance(entries, list):
-            entries = [entries]
-        version = self.version()
-        for entry in entries:
-            if isinstance(entry, dict):
-                if not entry.get("h"):
-                    entry["h"] = self.host_identifier
-                self._spool(KIND_STATUS, status_record(entry, version))
-            else:
-                self.counters.accepted += 1
-                self.counters.accepted_rows += 1
-                self.counters.drop("not_json")
-
-    def handle(self, request: Mapping[str, str]) -> Any:
-        """Answer one call of osqueryd's logger registry.
-
-        string/snapshot/status are answered 0 whatever happens: osqueryd treats anything
-        else on a result line as fatal and has already forgotten the rows.
-        """
-        if "string" in request or "snapshot" in request:
-            try:
-                self.log_line(request["string"] if "string" in request else request["snapshot"])
-            except Exception:
-                self.counters.drop("spool_error")
-                log.exception("%s: could not spool a line", self.name)
-            return _ok()
-        if "status" in request:
-            try:
-                self.log_status(request.get("log", "[]"))
-            except Exception:
-                self.counters.drop("spool_error")
-                log.exception("%s: could not spool status logs", self.name)
-            return _ok()
-        if "init" in request:
-            return _ok()
-        if request.get("action") == "features":
-            code = FEATURE_LOGSTATUS if self.forwards_status() else 0
-            return response(code)
-        if "health" in request:
-            return _ok()
-        keys = ", ".join(quote(key) for key in sorted(request)[:5])
-        more = f" and {len(request) - 5} more" if len(request) > 5 else ""
-        return _fail(f"{self.name}: unknown logger request with keys {keys}{more}")
-
-
-class Handler:
-    """The Extension service osqueryd calls: ping, call and shutdown."""
-
-    def __init__(self, plugins: dict[str, LoggerPlugin], on_init: Callable[[], None],
-                 on_shutdown: Callable[[], None], table: StatusTable | None = None) -> None:
-        self.plugins = plugins
-        self.table = table
-        self._on_init = on_init
-        self._on_shutdown = on_shutdown
-
-    def ping(self) -> Any:
-        return _OK
-
-    def log_line(self, item: str, line: bytes | memoryview) -> bool:
-        """The fast path's log call: False when no plugin has that name."""
-        plugin = self.plugins.get(item)
-        if plugin is None:
-            return False
-        plugin.log_bytes(line)
-        return True
-
-    def shutdown(self) -> Any:
-        log.info("osqueryd asked the extension to shut down")
-        self._on_shutdown()
-        return _OK
-
-    def call(self, registry: str, item: str, request: dict[str, str]) -> Any:
-        if registry == "table" and item == TABLE_NAME and self.table is not None:
-            try:
-                return self.table.handle(request)
-            except Exception:
-                log.exception("%s: could not answer a query", TABLE_NAME)
-                return _fail(f"{TABLE_NAME}: internal error")
-        plugin = self.plugins.get(item) if registry == "logger" else None
-        if plugin is None:
-            return no_such_plugin(registry, item)
-        if "init" in request:
-            self._on_init()
-        return plugin.handle(request)
-
 
 def plugin_names(suffix: str) -> dict[str, str]:
     """Each service's logger plugin name (osquery's own AWS loggers' names), with `suffix`."""
@@ -282,11 +140,11 @@ class LoggerExtension:
         root = Path(self.settings.aws_logger_spool_dir)
         self._directories = SpoolDirectories(Path(self.args.socket).parent)
         self._earlier = [d for d in self._directories.read() if d != root]
-        for service, name in plugin_names("").items():
+        for service in SERVICES.values():
             counters = PluginCounters()
-            spool = self._spool(root / service, counters, group, releasable=False)
-            earlier = tuple(self._earlier_spools(service, counters, group))
-            channels.append(Accumulator(name, SERVICES[service], spool, counters, self.settings,
+            spool = self._spool(root / service.name, counters, group, releasable=False)
+            earlier = tuple(self._earlier_spools(service.name, counters, group))
+            channels.append(Accumulator(service.plugin, service, spool, counters, self.settings,
                                         host_identifier=host, now=time.monotonic(),
                                         earlier=earlier))
         self._tell_earlier(channels)
@@ -300,16 +158,23 @@ class LoggerExtension:
         for channel, name in zip(channels, names.values(), strict=True):
             channel.plugin = name
             self.plugins[name] = LoggerPlugin(
-                name, channel.service, channel.intake, channel.counters, self.flusher.wake,
-                lambda: self._version, lambda: self.settings, host)
+                name, self._view_of(channel.service), channel.intake, channel.counters,
+                self.flusher.wake, lambda: self._version, host, channel.service.limits.max_records)
+        report = StatusReport(self.flusher)
+        self.flusher.on_report = report.write
         self.server = Server(f"{self.args.socket}.{self.uuid}", Handler(
-            self.plugins, self._reread.set, self.stopping.set, StatusTable(self.flusher.rows)))
+            self.plugins, self._reread.set, self.stopping.set,
+            {TABLE_NAME: StatusTable(report.rows)}))
         self.flusher.start()
         threading.Thread(target=self._watch, name="aws-logger-watcher", daemon=True).start()
         log.info("registered extension %s %s (uuid %d) with logger plugins %s; serving on %s",
                  EXTENSION_NAME, __version__, self.uuid, ", ".join(names.values()),
                  self.server.path)
         return 0
+
+    def _view_of(self, service: Service) -> Callable[[], ServiceSettings]:
+        """The service's typed options as the settings are at each call (they change)."""
+        return lambda: service.settings(self.settings)
 
     def _spool(self, directory: Path, counters: PluginCounters, group: SpoolGroup, *,
                releasable: bool) -> Spool:
@@ -352,7 +217,7 @@ class LoggerExtension:
     def _register(self, suffix: str) -> dict[str, str]:
         names = plugin_names(suffix)
         try:
-            self.uuid = self.manager.register(list(names.values()))
+            self.uuid = self.manager.register(list(names.values()), TABLES)
             return names
         except RegistrationError as exc:
             if not exc.name_clash or suffix:
@@ -365,7 +230,7 @@ class LoggerExtension:
             "to use the plain names. Set custom_aws_logger_plugin_suffix to choose the suffix.",
             " and ".join(plugin_names("").values()), " and ".join(names.values()),
             ",".join(names.values()))
-        self.uuid = self.manager.register(list(names.values()))
+        self.uuid = self.manager.register(list(names.values()), TABLES)
         return names
 
     # -- run and stop ---------------------------------------------------------------------------

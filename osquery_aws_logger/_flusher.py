@@ -15,15 +15,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from ._accumulator import Accumulator, Batch
 from ._aws import AwsClients
-from ._metrics import MetricsFile
 from ._retry import delivery_error
 from ._service import clients_for
 from ._settings import Settings
-from ._status import status_row, write_state
 
 log = logging.getLogger("osquery_aws_logger.flusher")
 
@@ -101,13 +99,21 @@ class Flusher:
         self._next_state = 0.0
         self._next_headroom = 0.0
         self._lock = threading.Lock()
-        self._metrics = MetricsFile()
+        #: Called every STATE_INTERVAL_SECONDS, at each change of a plugin's state and at stop,
+        #: on the flusher's thread: where the operator's figures are written (state.json, the
+        #: metrics file), by whoever set it up.
+        self.on_report: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._thread.start()
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the flusher ships with now."""
+        return self._settings
 
     def apply(self, settings: Settings, problems: list[str]) -> None:
         """New settings (from the thrift or watcher side); the flusher switches at its next turn."""
@@ -123,7 +129,7 @@ class Flusher:
         drained = not self._thread.is_alive() and not any(a.waiting() for a in self.accumulators)
         for accumulator in self.accumulators:
             accumulator.publish(figures=True)
-        self.write_states()
+        self.on_report()
         for accumulator in self.accumulators:
             accumulator.close()
         return drained
@@ -225,32 +231,10 @@ class Flusher:
     def _work_left(self) -> bool:
         return any(a.waiting() and not self._problem(a) for a in self.accumulators)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The aws_logger_status rows: read by the thrift side from what the flusher published,
-        never touching the network or a spool's files."""
-        clients = self.sender.clients
-        rows = []
-        for accumulator in self.accumulators:
-            snapshot = accumulator.published
-            row = status_row(
-                snapshot, accumulator.counters,
-                region=clients.regions.get(snapshot.service, "") if clients else "",
-                endpoint=clients.endpoints.get(snapshot.service, "") if clients else "",
-                credential_source=clients.credential_source if clients else "",
-                credential_expires=(clients.expires_at or 0) if clients else 0)
-            rows.append(row)
-        return rows
-
-    def write_states(self) -> None:
-        rows = self.rows()
-        for accumulator, row in zip(self.accumulators, rows, strict=True):
-            write_state(accumulator.intake, row)
-        self._metrics.write(self._settings.aws_logger_metrics_file, rows)
-
     def _report(self, now: float) -> None:
         if now >= self._next_state:
             self._next_state = now + STATE_INTERVAL_SECONDS
-            self.write_states()
+            self.on_report()
         if now < self._next_report:
             return
         self._next_report = now + REPORT_INTERVAL_SECONDS

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 from osquery.extensions import ExtensionManager
@@ -17,7 +18,6 @@ from thrift.transport import TSocket, TTransport
 
 from . import __version__
 from ._errors import RegistrationError
-from ._status import TABLE_NAME, StatusTable
 from ._wire import lenient_protocol
 
 EXTENSION_NAME: Final = "aws_logger"
@@ -102,12 +102,13 @@ class ManagerClient:
             return str(answer.response[0].get("version", ""))
         return ""
 
-    def register(self, names: list[str]) -> int:
+    def register(self, names: list[str], tables: Mapping[str, list[dict[str, str]]]) -> int:
+        """Register the logger plugins `names` and the tables (name: columns); the uuid."""
         info = InternalExtensionInfo(name=EXTENSION_NAME, version=__version__,
                                      sdk_version=SDK_VERSION, min_sdk_version=MIN_SDK_VERSION)
         registry: dict[str, dict[str, list[Any]]] = {
             "logger": {name: [] for name in names},
-            "table": {TABLE_NAME: StatusTable.routes()},
+            "table": {name: list(columns) for name, columns in tables.items()},
         }
         status = self._call("registerExtension", info, registry)
         if status.code != 0:

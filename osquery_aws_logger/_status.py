@@ -12,7 +12,9 @@ from typing import Any, Final
 
 from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
+from ._flusher import Flusher
 from ._ledger import LEDGER_FILE
+from ._metrics import MetricsFile
 from ._redact import redact
 from ._spool import SEGMENT_SUFFIX, SpoolLike, inspect_spool
 from ._wire import response
@@ -109,6 +111,36 @@ def status_row(snapshot: DeliverySnapshot, counters: PluginCounters, *, region: 
         "credential_expires": int(credential_expires or 0),
         "updated": int(now),
     }
+
+
+class StatusReport:
+    """Every plugin's figures, as the operator sees them: the aws_logger_status rows, and the
+    state.json and metrics file written from them (see Flusher.on_report). Read from what the
+    flusher publishes, never touching the network or a spool's files."""
+
+    def __init__(self, flusher: Flusher) -> None:
+        self.flusher = flusher
+        self._metrics = MetricsFile()
+
+    def rows(self) -> list[dict[str, Any]]:
+        clients = self.flusher.sender.clients
+        rows = []
+        for accumulator in self.flusher.accumulators:
+            snapshot = accumulator.published
+            rows.append(status_row(
+                snapshot, accumulator.counters,
+                region=clients.regions.get(snapshot.service, "") if clients else "",
+                endpoint=clients.endpoints.get(snapshot.service, "") if clients else "",
+                credential_source=clients.credential_source if clients else "",
+                credential_expires=(clients.expires_at or 0) if clients else 0))
+        return rows
+
+    def write(self) -> None:
+        """state.json beside each plugin's spool, and the metrics file if one is set."""
+        rows = self.rows()
+        for accumulator, row in zip(self.flusher.accumulators, rows, strict=True):
+            write_state(accumulator.intake, row)
+        self._metrics.write(self.flusher.settings.aws_logger_metrics_file, rows)
 
 
 def _text(value: Any) -> str:

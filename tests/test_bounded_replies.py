@@ -18,10 +18,12 @@ from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport import TTransport
 
 from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._extension import Handler, LoggerPlugin, plugin_names
+from osquery_aws_logger._extension import plugin_names
+from osquery_aws_logger._plugins import Handler, LoggerPlugin
+from osquery_aws_logger._service import KINESIS
 from osquery_aws_logger._settings import MAX_SUFFIX_CHARS, Settings, parse_settings
 from osquery_aws_logger._spool import Spool
-from osquery_aws_logger._status import StatusTable
+from osquery_aws_logger._status import TABLE_NAME, StatusTable
 from osquery_aws_logger._wire import MAX_NAME_BYTES, QUOTE_CHARS, WireCodec, quote
 from tests.harness import RunningExtension, result_lines
 from tests.test_every_row import assert_alive, exchange, peak_rss_mb, raw_call
@@ -56,7 +58,7 @@ def unknown_method(name: bytes, *, strict: bool = True, seqid: int = 9) -> bytes
 
 def codec() -> WireCodec:
     handler = Handler({}, on_init=lambda: None, on_shutdown=lambda: None,
-                      table=StatusTable(lambda: []))
+                      tables={TABLE_NAME: StatusTable(lambda: [])})
     return WireCodec(handler, handler.log_line)
 
 
@@ -172,10 +174,10 @@ def test_an_unknown_short_method_is_named_whole_and_known_ones_still_work() -> N
 def test_the_handler_plugin_and_table_quote_what_they_were_sent(tmp_path: Path) -> None:
     counters = PluginCounters()
     spool = Spool(tmp_path / "kinesis", max_records=10, max_bytes=MB, on_drop=counters.drop)
-    plugin = LoggerPlugin("aws_kinesis", "kinesis", spool, counters, lambda: None, lambda: "5",
-                          Settings, "host")
+    plugin = LoggerPlugin("aws_kinesis", lambda: KINESIS.settings(Settings()), spool, counters,
+                          lambda: None, lambda: "5", "host", 500)
     handler = Handler({"aws_kinesis": plugin}, on_init=lambda: None, on_shutdown=lambda: None,
-                      table=StatusTable(lambda: []))
+                      tables={TABLE_NAME: StatusTable(lambda: [])})
     huge = "\udcff" * (10 * MB)
     for answer in (handler.call(huge, "aws_kinesis", {}), handler.call("logger", huge, {}),
                    handler.call("logger", "aws_kinesis", {huge: "v", "k" * 100: "v", "a": "b",

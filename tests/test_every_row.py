@@ -36,6 +36,7 @@ from osquery_aws_logger._flusher import Flusher
 from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
 from osquery_aws_logger._settings import Settings
 from osquery_aws_logger._spool import KIND_RESULT, Spool
+from osquery_aws_logger._status import StatusReport
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.osqueryd_standin import FatalLoggerAnswer
@@ -779,7 +780,7 @@ def test_item9_the_tables_figures_are_answered_without_reading_a_file(
     with monkeypatch.context() as patch:
         for name in ("open", "pread", "read", "preadv", "readv"):
             patch.setattr(os, name, refuse(name))
-        rows = flusher.rows()
+        rows = StatusReport(flusher).rows()
     assert opened == [], f"the table's answer read files: {opened}"
     (row,) = rows
     assert row["spool_records"] == 100 and row["oldest_age_seconds"] >= 0

@@ -16,6 +16,7 @@ from osquery_aws_logger._flusher import Flusher
 from osquery_aws_logger._service import KINESIS
 from osquery_aws_logger._settings import Settings
 from osquery_aws_logger._spool import KIND_RESULT, Spool
+from osquery_aws_logger._status import StatusReport
 
 Answer = Callable[[str, list[dict[str, Any]]], Any]
 
@@ -105,7 +106,7 @@ def test_an_error_only_an_operator_can_fix_waits_the_whole_cap(tmp_path: Path) -
     sent, wake = flusher.turn(59.0, draining=True)
     assert not sent and wake == 60.0
     assert flusher.turn(60.0, draining=True)[0] and flusher.accumulators[0].state() == "ok"
-    rows = flusher.rows()
+    rows = StatusReport(flusher).rows()
     assert rows[0]["state"] == "ok" and rows[0]["credential_source"] == "scripted"
     assert rows[0]["endpoint"] == "https://kinesis.us-east-1.amazonaws.com"  # the client's own
     assert rows[0]["spool_records"] == 0 and rows[0]["delivered"] == 5

@@ -13,9 +13,9 @@ from typing import Any
 from osquery_aws_logger._accumulator import Accumulator
 from osquery_aws_logger._batching import ServiceLimits
 from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._extension import LoggerPlugin
 from osquery_aws_logger._flusher import Flusher
 from osquery_aws_logger._memspool import MemorySpool
+from osquery_aws_logger._plugins import LoggerPlugin
 from osquery_aws_logger._service import Service
 from osquery_aws_logger._settings import ServiceSettings, Settings
 from osquery_aws_logger._status import status_row
@@ -63,8 +63,8 @@ def test_a_toy_destination_is_one_service_declaration(tmp_path: Path) -> None:
     settings = Settings()
     spool = MemorySpool(tmp_path / "toy", max_records=100, max_bytes=1 << 20,
                         on_drop=counters.drop)
-    plugin = LoggerPlugin("aws_toy", TOY, spool, counters, lambda: None, lambda: "5.23.0",
-                          lambda: settings, "host")
+    plugin = LoggerPlugin("aws_toy", lambda: TOY.settings(settings), spool, counters,
+                          lambda: None, lambda: "5.23.0", "host", TOY.limits.max_records)
     for i in range(7):
         assert plugin.handle({"string": json.dumps({"name": "q", "columns": {"i": i}})}) \
             .status.code == 0
