@@ -17,8 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._group import SpoolGroup
 from ._record import HEADER, MAX_RECORD_BYTES, SpooledRecord
-from ._spool import DropCallback, Migration, SpoolGroup
+from ._segments import Migration
+from ._spool import DropCallback
 
 
 @dataclass

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ._batching import status_record
 from ._counters import PluginCounters
+from ._records import status_record
 from ._scan import count_rows
 from ._settings import ServiceSettings
 from ._spool import KIND_RESULT, KIND_STATUS, SpoolLike

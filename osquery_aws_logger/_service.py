@@ -14,14 +14,8 @@ from typing import Any, Final
 
 from ._aggregate import FirehosePack, KplAggregate
 from ._aws import AwsClients, Endpoint, fips_custom_refusal
-from ._batching import (
-    FIREHOSE_LIMITS,
-    KINESIS_LIMITS,
-    Entry,
-    ServiceLimits,
-    kinesis_limits,
-    partition_key,
-)
+from ._batching import FIREHOSE_LIMITS, KINESIS_LIMITS, Entry, ServiceLimits, kinesis_limits
+from ._records import partition_key
 from ._settings import ServiceSettings, Settings
 
 #: A record being filled with many rows: a KPL aggregate or a Firehose newline pack.

@@ -24,15 +24,9 @@ from typing import Any, Final
 
 import orjson
 
-from ._batching import (
-    RESULT_PREFIX,
-    ServiceLimits,
-    partition_key,
-    record_id,
-    result_record,
-    with_fields,
-)
+from ._batching import ServiceLimits
 from ._record import KIND_STATUS, SpooledRecord
+from ._records import RESULT_PREFIX, partition_key, record_id, result_record, with_fields
 from ._scan import (
     PARSE_WHOLE_BELOW,
     BatchLine,

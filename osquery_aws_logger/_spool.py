@@ -32,42 +32,43 @@ import contextlib
 import errno
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
 from array import array
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
+from ._group import SpoolGroup
 from ._ledger import LEDGER_FILE, Ledger
 from ._platform import fdatasync
 from ._record import (
     FILE_MAGIC,
     HEADER,
-    KIND_MAX,
     KIND_RESULT,
     KIND_STATUS,
     MAX_RECORD_BYTES,
     SYNC,
     Reader,
     SpooledRecord,
-    encode_record,
     record_header,
 )
 from ._safefs import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
+from ._segments import (
+    SEGMENT_SUFFIX,
+    Migration,
+    Segment,
+    fill_gap,
+    migrate_previous_format,
+    plain,
+    segment_files,
+    segment_name,
+)
 
 log = logging.getLogger("osquery_aws_logger.spool")
 
-SEGMENT_SUFFIX: Final = ".seg"
 #: Seconds between attempts to set up a spool that could not be (permissions, a bad path).
 REOPEN_SECONDS: Final = 10.0
-#: Keep this much of the filesystem free (or 5 % of it, if less): below it the oldest waiting
-#: segment goes early, so the newest lines and the ledger can still be written.
-HEADROOM_BYTES: Final = 32 << 20
-HEADROOM_SHARE: Final = 0.05
 #: At most one line per this many seconds about failing writes.
 ERROR_LOG_SECONDS: Final = 10.0
 #: The errors of a full filesystem (or of a full quota).
@@ -76,58 +77,7 @@ _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: first: a multi-MB line is not copied again on its way to disk.
 _JOIN_BELOW: Final = 64 << 10
 
-# The previous format (OQSPOOL2), read only to migrate it: no row numbers, no key field, and
-# the acknowledged position in a text file.
-_V2_MAGIC: Final = b"OQSPOOL2"
-_V2_SYNC: Final = b"\xa7\x1eQ\xd3"
-_V2_HEADER: Final = struct.Struct("<4sIIQBd")
-_V2_ACKED: Final = "acked"
-
 DropCallback = Callable[[str, int], None]
-#: What a record of the previous format becomes: (payload, partition key, rows).
-Migration = Callable[[int, bytes], tuple[bytes, str, int]]
-
-
-def _plain(kind: int, data: bytes) -> tuple[bytes, str, int]:
-    return data, "", 1
-
-
-@dataclass(slots=True)
-class _Segment:
-    first_seq: int
-    first_row: int
-    count: int = 0
-    size: int = 0  # bytes in the file, magic and headers included
-    first_at: float = 0.0  # when its first record was accepted (0: none yet)
-    #: Rows of each record, when they are not all one; None with `indexed` means all one.
-    counts: array[int] | None = None
-    #: False for a closed segment found at start: its records' rows are read when needed.
-    indexed: bool = True
-
-    @property
-    def end_seq(self) -> int:
-        return self.first_seq + self.count
-
-    @property
-    def name(self) -> str:
-        return segment_name(self.first_seq, self.first_row)
-
-
-def segment_name(first_seq: int, first_row: int) -> str:
-    return f"{first_seq:020d}-{first_row:020d}{SEGMENT_SUFFIX}"
-
-
-def segment_files(dir_fd: int) -> list[tuple[int, int]]:
-    """(first seq, first row) of the directory's segment files, in order."""
-    found = []
-    for name in os.listdir(dir_fd):
-        stem = name[:-len(SEGMENT_SUFFIX)]
-        if not name.endswith(SEGMENT_SUFFIX) or "-" not in stem:
-            continue
-        seq, _, row = stem.partition("-")
-        if seq.isdigit() and row.isdigit():
-            found.append((int(seq), int(row)))
-    return sorted(found)
 
 
 class SpoolLike(Protocol):
@@ -158,120 +108,6 @@ class SpoolLike(Protocol):
     def close(self) -> None: ...
 
 
-class SpoolGroup:
-    """The spools of one extension: the room they share on each filesystem, and how many hold
-    descriptors open.
-
-    Free space is taken back oldest first across every spool on the filesystem (two plugins,
-    their routed destinations): whichever spool holds the oldest waiting segment gives it up.
-    At most `max_open` spools that may let go of their descriptors keep them.
-    """
-
-    def __init__(self, max_open: int = 64) -> None:
-        self.max_open = max_open
-        self._lock = threading.Lock()
-        self._members: list[Spool] = []
-        self._open: dict[int, Spool] = {}  # releasable spools holding descriptors, LRU first
-
-    def join(self, spool: Spool) -> None:
-        with self._lock:
-            self._members.append(spool)
-
-    def leave(self, spool: Spool) -> None:
-        with self._lock:
-            if spool in self._members:
-                self._members.remove(spool)
-            self._open.pop(id(spool), None)
-
-    def members(self) -> list[Spool]:
-        with self._lock:
-            return list(self._members)
-
-    def opened(self, spool: Spool) -> list[Spool]:
-        """`spool` holds descriptors again: answer the least recently used ones to release."""
-        if not spool.releasable:
-            return []
-        with self._lock:
-            self._open.pop(id(spool), None)
-            self._open[id(spool)] = spool
-            excess = len(self._open) - self.max_open
-            if excess <= 0:
-                return []
-            return [s for s in list(self._open.values())[:excess] if s is not spool]
-
-    def closed(self, spool: Spool) -> None:
-        with self._lock:
-            self._open.pop(id(spool), None)
-
-    def free_oldest(self, requester: Spool) -> bool:
-        """Give up the oldest waiting closed segment among the spools on `requester`'s
-        filesystem (counted as disk_full); False when none can go. `requester`'s lock is held
-        by the caller; the others are only tried, never waited for."""
-        candidates: list[tuple[float, Spool]] = []
-        taken: list[Spool] = []
-        try:
-            for spool in self.members():
-                if spool is not requester:
-                    if spool.device != requester.device or not spool.lock.acquire(blocking=False):
-                        continue
-                    taken.append(spool)
-                at = spool.oldest_closed_segment_at()
-                if at is not None:
-                    candidates.append((at, spool))
-            if not candidates:
-                return False
-            _, oldest = min(candidates, key=lambda found: found[0])
-            oldest.give_up_oldest_segment("disk_full")
-            return True
-        finally:
-            for spool in taken:
-                spool.lock.release()
-
-    def keep_headroom(self) -> None:
-        """The flusher's turn: where a filesystem is nearly full because of the spools (they
-        hold more than the reserve) or a line could not be written, give up the oldest waiting
-        segments across them until the reserve is free again."""
-        by_device: dict[int, list[Spool]] = {}
-        for spool in self.members():
-            if spool.device >= 0:
-                by_device.setdefault(spool.device, []).append(spool)
-        for spools in by_device.values():
-            self._headroom(spools)
-
-    def _headroom(self, spools: list[Spool]) -> None:
-        info = None
-        for spool in spools:
-            info = spool.statvfs()
-            if info is not None:
-                break
-        if info is None:
-            return
-        free = info.f_bavail * info.f_frsize
-        reserve = min(HEADROOM_BYTES, HEADROOM_SHARE * info.f_blocks * info.f_frsize)
-        failed = sum(spool.take_write_errors() for spool in spools)
-        held = sum(spool.depth()[1] for spool in spools)
-        # Only when the spools are what fills the disk (they hold more than the reserve), or a
-        # line could not be written: a disk filled by others is no reason to give up backlog.
-        if free >= reserve or not (held > reserve or failed):
-            return
-        freed_records = 0
-        for _ in range(64):
-            if free >= reserve:
-                break
-            candidates = [(at, spool) for spool in spools
-                          if (at := spool.locked_oldest_closed_segment_at()) is not None]
-            if not candidates:
-                break
-            _, oldest = min(candidates, key=lambda found: found[0])
-            size, records = oldest.locked_give_up_oldest_segment("disk_full")
-            free += size
-            freed_records += records
-        if freed_records:
-            log.error("spools under %s: the filesystem is nearly full (%d bytes free before); "
-                      "gave up the oldest %d waiting records across them (disk_full)",
-                      spools[0].directory.parent, info.f_bavail * info.f_frsize, freed_records)
-
-
 class Spool:
     """A durable FIFO of one plugin's (or one routed destination's) records, written by the
     thrift side (or the router) and read by the flusher.
@@ -282,7 +118,7 @@ class Spool:
     def __init__(self, directory: Path, *, max_records: int, max_bytes: int,
                  on_drop: DropCallback, sync_interval: float = 1.0,
                  group: SpoolGroup | None = None, releasable: bool = False,
-                 migrate: Migration = _plain) -> None:
+                 migrate: Migration = plain) -> None:
         self.directory = directory
         self.max_records = max_records
         self.max_bytes = max_bytes
@@ -295,7 +131,7 @@ class Spool:
         self._fs_bytes = 0  # the size of the filesystem the spool is on, once open
         self._segment_records = self._segment_bytes = 0
         self._size_segments()
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
         self._dir_fd = -1
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory
@@ -373,7 +209,7 @@ class Spool:
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
 
     def _recover(self) -> None:
-        self._migrate_v2()
+        migrate_previous_format(self._dir_fd, self.directory, self._migrate, self._ledger)
         position = self._read_ledger()
         self._acked, self._acked_row = position or (0, 0)
         self._ledger_written = (self._acked, self._acked_row)
@@ -381,7 +217,7 @@ class Spool:
         self._segments, self._bytes = [], 0
         for index, (first, first_row) in enumerate(files):
             following = files[index + 1] if index + 1 < len(files) else None
-            segment = _Segment(first, first_row)
+            segment = Segment(first, first_row)
             if following is not None:
                 # Closed segments were fsynced when they rolled: their count follows from names.
                 segment.count = following[0] - first
@@ -425,7 +261,7 @@ class Spool:
         except OSError as exc:
             log.error("spool %s: cannot delete %s: %s", self.directory, name, exc.strerror or exc)
 
-    def _closed_facts(self, segment: _Segment) -> tuple[int, float]:
+    def _closed_facts(self, segment: Segment) -> tuple[int, float]:
         """A closed segment's size and when its first record was accepted (its first intact
         record's time, or 0 when none is intact)."""
         fd = self._open_segment(segment.name, os.O_RDONLY)
@@ -436,7 +272,7 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _scan_tail(self, segment: _Segment) -> int:
+    def _scan_tail(self, segment: Segment) -> int:
         """The newest segment: its records (by its last intact one), their rows, and its size,
         with anything after that record cut off (a write torn by a power loss). Answers the
         row number after its last record."""
@@ -455,7 +291,7 @@ class Spool:
             while (found := reader.next()) is not None:
                 if found.seq <= last_seq:
                     continue
-                _fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+                fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
                 counts.append(found.rows)
                 if not segment.first_at:
                     segment.first_at = found.accepted_at
@@ -469,7 +305,7 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _cut_tail(self, fd: int, segment: _Segment, good_end: int, size: int, good: int) -> None:
+    def _cut_tail(self, fd: int, segment: Segment, good_end: int, size: int, good: int) -> None:
         """Cut off what follows the newest segment's last intact record, and count it.
 
         Every record starts with the sync marker, so those left in the cut bytes say how many
@@ -486,49 +322,6 @@ class Spool:
         self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of {len(tail)} "
                             f"bytes cut off ({lost} record{'s' if lost != 1 else ''}"
                             f"{', estimated from its zeroed bytes' if zeros >= mean else ''})")
-
-    def _migrate_v2(self) -> None:
-        """Rewrite segments of the previous format in this one, once (their rows counted
-        afresh, a routed record's key taken out of its payload), then its acked file."""
-        names = sorted(name for name in os.listdir(self._dir_fd)
-                       if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit())
-        acked = 0
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.open(_V2_ACKED, os.O_RDONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=self._dir_fd)
-            try:
-                acked = int(os.read(fd, 64).decode().strip() or 0)
-            finally:
-                os.close(fd)
-        if not names:
-            if acked:
-                self._unlink(_V2_ACKED)
-            return
-        row = 0
-        for name in names:
-            fd = self._open_segment(name, os.O_RDONLY)
-            try:
-                data = os.pread(fd, os.fstat(fd).st_size, 0)
-            finally:
-                os.close(fd)
-            out: list[bytes] = [FILE_MAGIC]
-            first: tuple[int, int] | None = None
-            for seq, kind, payload, accepted_at in _v2_records(data):
-                if seq <= acked:
-                    continue
-                body, key, rows = self._migrate(kind, payload)
-                if first is None:
-                    first = (seq, row)
-                out.append(encode_record(seq, row, rows, kind, key=key.encode(), data=body,
-                                        accepted_at=accepted_at))
-                row += rows
-            if first is not None:
-                atomic_write(self._dir_fd, segment_name(*first), b"".join(out), mode=0o600)
-            self._unlink(name)
-        if acked:
-            self._ledger.write(self._dir_fd, acked, 0)
-        self._unlink(_V2_ACKED)
-        log.warning("spool %s: %d segment(s) of the previous format rewritten in this one",
-                    self.directory, len(names))
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
@@ -548,7 +341,7 @@ class Spool:
     def group(self) -> SpoolGroup:
         return self._group
 
-    def child(self, *parts: str, migrate: Migration = _plain) -> Spool:
+    def child(self, *parts: str, migrate: Migration = plain) -> Spool:
         """The spool of a directory below this one (a routed destination's): the same caps,
         counters and group; it lets go of its descriptors when idle."""
         return Spool(self.directory.joinpath(*parts), max_records=self.max_records,
@@ -666,7 +459,7 @@ class Spool:
         following = self._segments[index + 1] if index + 1 < len(self._segments) else None
         return following.first_row if following is not None else self._next_row
 
-    def _index(self, segment: _Segment, index: int) -> None:
+    def _index(self, segment: Segment, index: int) -> None:
         """Learn the rows of each record of a segment found closed at start, from its headers."""
         counts = array("I")
         last_seq, last_row = segment.first_seq - 1, segment.first_row
@@ -680,12 +473,12 @@ class Spool:
                 while (found := reader.next()) is not None:
                     if found.seq <= last_seq or found.seq >= segment.end_seq:
                         continue
-                    _fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+                    fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
                     counts.append(found.rows)
                     last_seq, last_row = found.seq, found.end_row
             finally:
                 os.close(fd)
-        _fill_gap(counts, segment.end_seq - 1 - last_seq, self._end_row(index) - last_row)
+        fill_gap(counts, segment.end_seq - 1 - last_seq, self._end_row(index) - last_row)
         segment.counts = counts if any(c != 1 for c in counts) else None
         segment.indexed = True
 
@@ -907,7 +700,7 @@ class Spool:
             # The segment being written, after its descriptor was let go: go on in it.
             self._fd = self._open_segment(self._segments[-1].name, os.O_WRONLY | os.O_APPEND)
             return
-        segment = _Segment(self._next_seq, self._next_row)
+        segment = Segment(self._next_seq, self._next_row)
         fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
         try:
             if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
@@ -1026,7 +819,7 @@ class Spool:
         self._after_use()
         return out
 
-    def _read_from(self, fd: int, segment: _Segment, offset: int, ends: tuple[int, int, int],
+    def _read_from(self, fd: int, segment: Segment, offset: int, ends: tuple[int, int, int],
                    start: tuple[int, int], *, limit: int, max_bytes: int
                    ) -> tuple[list[SpooledRecord], int, int, int]:
         """Records of `segment` from record `start` (seq, row) on, from byte `offset`, up to
@@ -1061,7 +854,7 @@ class Spool:
             expected, expected_row = end_seq, end_row
         return records, reader.offset, expected, expected_row
 
-    def _segment_gone(self, segment: _Segment, index: int, seq: int, row: int,
+    def _segment_gone(self, segment: Segment, index: int, seq: int, row: int,
                       exc: OSError) -> None:
         """A segment that cannot be opened (deleted by hand, a failing disk): its waiting
         records are counted as lost and the reader moves past it, so it never spins on it."""
@@ -1078,7 +871,7 @@ class Spool:
         if self._next_seq < segment.end_seq:
             self._next_seq, self._next_row = segment.end_seq, end_row
 
-    def _lost(self, segment: _Segment, start: tuple[int, int], end: tuple[int, int],
+    def _lost(self, segment: Segment, start: tuple[int, int], end: tuple[int, int],
               why: str = "") -> None:
         """Records `start` to `end` (each a (seq, row)) are lost to damage: count their rows
         (their records, where the rows cannot be told) once."""
@@ -1097,7 +890,7 @@ class Spool:
             self._on_drop("corrupt", rows)
         log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
 
-    def _segment_of(self, seq: int) -> tuple[_Segment | None, int]:
+    def _segment_of(self, seq: int) -> tuple[Segment | None, int]:
         for index, segment in enumerate(self._segments):
             if seq < segment.end_seq:
                 return segment, index
@@ -1248,83 +1041,5 @@ class Spool:
         self._group.leave(self)
 
 
-def _fill_gap(counts: array[int], missing: int, rows: int) -> None:
-    """Records lost between two known ones: `missing` records that held `rows` rows in all
-    (put on the first of them, so the running total stays exact at every intact record)."""
-    if missing <= 0:
-        return
-    counts.append(max(0, rows))
-    counts.extend([0] * (missing - 1))
-
-
-def _v2_records(data: bytes) -> Iterable[tuple[int, int, bytes, float]]:
-    """The intact records of a segment of the previous format, damage skipped."""
-    pos = len(_V2_MAGIC) if data.startswith(_V2_MAGIC) else 0
-    while pos + _V2_HEADER.size <= len(data):
-        sync, crc, length, seq, kind, accepted_at = _V2_HEADER.unpack_from(data, pos)
-        start = pos + _V2_HEADER.size
-        payload = data[start:start + length]
-        if sync == _V2_SYNC and kind <= KIND_MAX and len(payload) == length and \
-                zlib.crc32(payload, zlib.crc32(data[pos + 8:start])) == crc:
-            yield seq, kind, payload, accepted_at
-            pos = start + length
-            continue
-        found = data.find(_V2_SYNC, pos + 1)
-        if found < 0:
-            return
-        pos = found
-
-
-def inspect_spool(directory: Path) -> tuple[int, int, int, float | None]:
-    """Records and rows waiting, bytes held and the oldest waiting record's time, without
-    changing anything (for `osquery-aws-logger status` while the extension may be running)."""
-    try:
-        dir_fd = os.open(directory, DIR_FLAGS)
-    except OSError:
-        return 0, 0, 0, None
-    try:
-        position = None
-        with contextlib.suppress(OSError):
-            position = Ledger().read(dir_fd)
-        acked, acked_row = position or (0, 0)
-        files = []
-        for first, first_row in segment_files(dir_fd):
-            name = segment_name(first, first_row)
-            with contextlib.suppress(OSError):
-                files.append((first, first_row, name,
-                              os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size))
-        if not files:
-            return 0, 0, 0, None
-        first_waiting = max(acked + 1, files[0][0])
-        first_waiting_row = max(acked_row, files[0][1])
-        last_seq, last_row = files[-1][0] - 1, files[-1][1]
-        for found in _records_of(dir_fd, files[-1][2], files[-1][3]):
-            last_seq, last_row = max(last_seq, found.seq), max(last_row, found.end_row)
-        records = max(0, last_seq + 1 - first_waiting)
-        if not records:
-            return 0, 0, sum(f[3] for f in files), None
-        holding = [f for f in files if f[0] <= first_waiting] or files[:1]
-        _, _, name, size = holding[-1]
-        oldest = next((r.accepted_at for r in _records_of(dir_fd, name, size)
-                       if r.seq >= first_waiting), None)
-        return records, max(0, last_row - first_waiting_row), sum(f[3] for f in files), oldest
-    finally:
-        os.close(dir_fd)
-
-
-def _records_of(dir_fd: int, name: str, size: int) -> Iterable[SpooledRecord]:
-    """The intact records of one segment, read-only (nothing if it cannot be opened)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return
-    try:
-        reader = Reader(fd, len(FILE_MAGIC), size)
-        while (found := reader.next()) is not None:
-            yield found
-    finally:
-        os.close(fd)
-
-
 __all__ = ["KIND_RESULT", "KIND_STATUS", "SEGMENT_SUFFIX", "Spool", "SpoolGroup", "SpoolLike",
-           "SpooledRecord", "inspect_spool", "segment_files", "segment_name"]
+           "SpooledRecord", "segment_files", "segment_name"]

@@ -13,10 +13,11 @@ from typing import Any, Final
 from ._accumulator import ROUTED_DIR, DeliverySnapshot
 from ._counters import PluginCounters
 from ._flusher import Flusher
+from ._inspect import inspect_spool
 from ._ledger import LEDGER_FILE
 from ._metrics import MetricsFile
 from ._redact import redact
-from ._spool import SEGMENT_SUFFIX, SpoolLike, inspect_spool
+from ._spool import SEGMENT_SUFFIX, SpoolLike
 from ._wire import response
 
 TABLE_NAME: Final = "aws_logger_status"

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from osquery_aws_logger._accumulator import ROUTED_DIR, Accumulator, Batch
-from osquery_aws_logger._batching import result_record
 from osquery_aws_logger._counters import PluginCounters
 from osquery_aws_logger._errors import DeliveryError
 from osquery_aws_logger._memspool import MemorySpool, MemoryStore
+from osquery_aws_logger._records import result_record
 from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
 from osquery_aws_logger._settings import Settings
 from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolLike

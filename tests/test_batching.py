@@ -13,13 +13,12 @@ from osquery_aws_logger._batching import (
     FIREHOSE_LIMITS,
     KINESIS_LIMITS,
     Entry,
-    Unshippable,
     batch_length,
     oversize,
-    partition_key,
-    result_record,
 )
+from osquery_aws_logger._records import partition_key, result_record
 from osquery_aws_logger._retry import Backoff, is_retriable, is_throttling
+from osquery_aws_logger._scan import Unshippable
 
 
 def test_result_record_adds_log_type_and_keeps_every_json_type() -> None:

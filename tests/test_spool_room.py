@@ -83,21 +83,37 @@ def test_a_full_filesystem_still_takes_acknowledgements_and_deletes_what_was_del
     spool.append(KIND_RESULT, b"first")
     spool.ack(spool.read(10)[0].seq)  # the ledger is made while there is room
     line = b"x" * 4000
-    written = 0
-    while spool.append(KIND_RESULT, line):  # AWS is down: the spool fills the filesystem
-        written += 1
-    assert written > 100 and drops["spool_error"] == 1
+    for _ in range(250):  # about 1 MiB waits (AWS is down), in segments of 128 KiB
+        assert spool.append(KIND_RESULT, line)
+    _fill(small_fs / "other")  # and something else takes the rest of the filesystem
+    assert os.statvfs(small_fs).f_bavail == 0
     got = spool.read(100_000)
-    assert len(got) == written
+    assert len(got) == 250
     spool.ack(got[-1].seq)  # AWS is back: delivered, acknowledged on a full filesystem
-    assert Ledger().read(os.open(small_fs / "s", os.O_RDONLY | os.O_DIRECTORY)) is not None
-    for i in range(200):  # and new lines are kept again: the delivered segment made room
+    fd = os.open(small_fs / "s", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert Ledger().read(fd) == (got[-1].seq, got[-1].end_row), "written in place"
+    finally:
+        os.close(fd)
+    for i in range(200):  # and new lines are kept again: the delivered segments made room
         assert spool.append(KIND_RESULT, line + b"%d" % i), f"line {i} dropped"
     assert [r.data[-3:] for r in spool.read(1000)][-1] == b"199"
-    assert drops["spool_error"] == 1
+    assert not drops, "nothing waiting was given up, nothing new refused"
     spool.close()
     again = _spool(small_fs / "s", drops)
     assert again.depth()[0] == 200, "the acknowledged position survived a restart"
+
+
+def test_a_spool_that_fills_its_small_filesystem_gives_up_its_oldest_for_the_newest(
+        small_fs: Path) -> None:
+    drops: Counter[str] = Counter()
+    spool = _spool(small_fs / "s", drops)
+    line = b"z" * 4000
+    for i in range(2000):  # 8 MB into 2 MiB, AWS down: the oldest segments make room
+        assert spool.append(KIND_RESULT, line + b"%05d" % i), f"line {i} refused"
+    kept = [int(r.data[-5:]) for r in spool.read(10_000)]
+    assert kept == list(range(2000 - len(kept), 2000)), "the newest are the ones kept"
+    assert drops["disk_full"] == 2000 - len(kept) and not drops["spool_error"]
 
 
 def test_the_oldest_rows_go_first_across_two_spools_on_one_filesystem(shared_fs: Path) -> None:
