@@ -44,7 +44,7 @@ from bench.rows import section_rows
 from bench.rows import table_rows as rows_rows
 from bench.savings import section_savings
 from bench.savings import table_rows as savings_rows
-from osquery_aws_logger._inspect import inspect_spool
+from osquery_aws_logger.spool.inspect import inspect_spool
 from tests.harness import wait_for
 from tests.localaws import MotoServer
 

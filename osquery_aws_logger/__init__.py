@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from ._errors import AwsLoggerError, DeliveryError, RegistrationError, SettingsError
-from ._settings import OPTIONS, Settings, build_settings, parse_settings
+from .errors import AwsLoggerError, DeliveryError, RegistrationError, SettingsError
+from .settings import OPTIONS, Settings, build_settings, parse_settings
+from .version import __version__
 
 __all__ = [
     "OPTIONS",

@@ -1,5 +1,5 @@
 """`python -m osquery_aws_logger`: the same as the osquery-aws-logger command."""
 
-from ._cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -1,5 +1,5 @@
 """PyInstaller's entry point for the packaged extension: the `osquery-aws-logger` command."""
 
-from osquery_aws_logger._cli import main
+from osquery_aws_logger.cli import main
 
 raise SystemExit(main())

@@ -13,14 +13,14 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._accumulator import ROUTED_DIR, Accumulator, Batch
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._errors import DeliveryError
-from osquery_aws_logger._memspool import MemorySpool, MemoryStore
-from osquery_aws_logger._records import result_record
-from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
-from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, Spool, SpoolLike
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import ROUTED_DIR, Accumulator, Batch
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS, Service
+from osquery_aws_logger.errors import DeliveryError
+from osquery_aws_logger.results.records import result_record
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool.memory import MemorySpool, MemoryStore
+from osquery_aws_logger.spool.spool import KIND_RESULT, KIND_STATUS, Spool, SpoolLike
 
 HOST = "0f8b1c5e-3d2a-4c1b-9e7f-6a5b4c3d2e1f"  # a UUID host identifier, 36 bytes
 

@@ -13,9 +13,9 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger import _aggregate
-from osquery_aws_logger._aggregate import KPL_MAGIC, FirehosePack, KplAggregate
-from osquery_aws_logger._batching import FIREHOSE_LIMITS, KINESIS_LIMITS
+from osquery_aws_logger.delivery import aggregate as _aggregate
+from osquery_aws_logger.delivery.aggregate import KPL_MAGIC, FirehosePack, KplAggregate
+from osquery_aws_logger.delivery.batching import FIREHOSE_LIMITS, KINESIS_LIMITS
 
 
 def deaggregate(data: bytes, key: str) -> list[tuple[bytes, str]]:

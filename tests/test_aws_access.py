@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from osquery_aws_logger._aws import resolve_credentials, service_region
-from osquery_aws_logger._service import FIREHOSE, KINESIS, Service, clients_for
-from osquery_aws_logger._settings import Settings
+from osquery_aws_logger.delivery.aws import resolve_credentials, service_region
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS, Service, clients_for
+from osquery_aws_logger.settings import Settings
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.localaws import FaultProxy

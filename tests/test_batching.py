@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from osquery_aws_logger._batching import (
+from osquery_aws_logger.delivery.batching import (
     FIREHOSE_LIMITS,
     KINESIS_LIMITS,
     Entry,
     batch_length,
     oversize,
 )
-from osquery_aws_logger._records import partition_key, result_record
-from osquery_aws_logger._retry import Backoff, is_retriable, is_throttling
-from osquery_aws_logger._scan import Unshippable
+from osquery_aws_logger.delivery.retry import Backoff, is_retriable, is_throttling
+from osquery_aws_logger.results.records import partition_key, result_record
+from osquery_aws_logger.results.scan import Unshippable
 
 
 def test_result_record_adds_log_type_and_keeps_every_json_type() -> None:

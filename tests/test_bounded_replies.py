@@ -17,14 +17,14 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport import TTransport
 
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._extension import plugin_names
-from osquery_aws_logger._plugins import Handler, LoggerPlugin
-from osquery_aws_logger._service import KINESIS
-from osquery_aws_logger._settings import MAX_SUFFIX_CHARS, Settings, parse_settings
-from osquery_aws_logger._spool import Spool
-from osquery_aws_logger._status import TABLE_NAME, StatusTable
-from osquery_aws_logger._wire import MAX_NAME_BYTES, QUOTE_CHARS, WireCodec, quote
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.services import KINESIS
+from osquery_aws_logger.extension import plugin_names
+from osquery_aws_logger.ops.status import TABLE_NAME, StatusTable
+from osquery_aws_logger.osquery.plugins import Handler, LoggerPlugin
+from osquery_aws_logger.osquery.wire import MAX_NAME_BYTES, QUOTE_CHARS, WireCodec, quote
+from osquery_aws_logger.settings import MAX_SUFFIX_CHARS, Settings, parse_settings
+from osquery_aws_logger.spool.spool import Spool
 from tests.harness import RunningExtension, result_lines
 from tests.test_every_row import assert_alive, exchange, peak_rss_mb, raw_call
 from tests.test_hardening import connect

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from osquery_aws_logger._inspect import inspect_spool
+from osquery_aws_logger.spool.inspect import inspect_spool
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 

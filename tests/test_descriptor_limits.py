@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from thrift.transport import TTransport
 
-from osquery_aws_logger._extension import ExtensionArgs, LoggerExtension
-from osquery_aws_logger._manager import ManagerClient, manager_gone
-from osquery_aws_logger._platform import raise_descriptor_limit
+from osquery_aws_logger.extension import ExtensionArgs, LoggerExtension
+from osquery_aws_logger.osquery.manager import ManagerClient, manager_gone
+from osquery_aws_logger.platform import raise_descriptor_limit
 
 
 def failure(call: Callable[[], object]) -> BaseException:

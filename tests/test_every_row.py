@@ -30,13 +30,13 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._accumulator import Accumulator
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._flusher import Flusher
-from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
-from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, Spool
-from osquery_aws_logger._status import StatusReport
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator
+from osquery_aws_logger.delivery.flusher import Flusher
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS, Service
+from osquery_aws_logger.ops.status import StatusReport
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.osqueryd_standin import FatalLoggerAnswer

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._batching import KINESIS_LIMITS
-from osquery_aws_logger._expand import expand
-from osquery_aws_logger._record import KIND_RESULT, SpooledRecord
-from osquery_aws_logger._scan import count_rows
-from osquery_aws_logger._shaper import Rules, shape
+from osquery_aws_logger.delivery.batching import KINESIS_LIMITS
+from osquery_aws_logger.delivery.shaper import Rules, shape
+from osquery_aws_logger.results.expand import expand
+from osquery_aws_logger.results.scan import count_rows
+from osquery_aws_logger.spool.record import KIND_RESULT, SpooledRecord
 from tests.query_log import QueryRun, batch_line, event_lines
 
 names = st.text(min_size=1, max_size=12)
@@ -113,7 +113,7 @@ def test_a_big_line_read_again_in_windows_gives_the_same_records_reading_it_abou
     snapshot[2500]["blob"] = "b" * 300_000
     line = batch_line(QueryRun(name="pack_big", snapshot=snapshot)).encode()
     held = shaped_events(line)
-    monkeypatch.setattr("osquery_aws_logger._shaper.HOLD_BELOW", 0)  # every line read again
+    monkeypatch.setattr("osquery_aws_logger.delivery.shaper.HOLD_BELOW", 0)  # every line read again
     reads: list[int] = []
     windowed = shaped_events(line, reads=reads)
     assert windowed == held and len(held) == 6000

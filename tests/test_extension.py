@@ -18,7 +18,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
 from osquery_aws_logger import parse_settings
-from osquery_aws_logger._records import status_record
+from osquery_aws_logger.results.records import status_record
 from tests.harness import RunningExtension, wait_for
 from tests.osqueryd_standin import FatalLoggerAnswer
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from osquery_aws_logger._aws import ca_bundle
-from osquery_aws_logger._flusher import delivery_error
-from osquery_aws_logger._service import clients_for
-from osquery_aws_logger._settings import Settings
+from osquery_aws_logger.delivery.aws import ca_bundle
+from osquery_aws_logger.delivery.flusher import delivery_error
+from osquery_aws_logger.delivery.services import clients_for
+from osquery_aws_logger.settings import Settings
 from tests.conftest import Aws
 from tests.harness import EXTENSION_COMMAND, RunningExtension, env_without_aws, result_lines, wait_for
 from tests.localaws import free_port

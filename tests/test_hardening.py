@@ -22,7 +22,7 @@ from osquery.extensions import Extension
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TTransport
 
-from osquery_aws_logger._spool import SEGMENT_SUFFIX
+from osquery_aws_logger.spool.spool import SEGMENT_SUFFIX
 from tests.conftest import Aws
 from tests.harness import EXTENSION_COMMAND, RunningExtension, result_lines, wait_for
 from tests.localaws import free_port
@@ -439,8 +439,10 @@ def test_memory_returns_near_rest_after_giant_lines(
                 assert read_reply(sock, "call").status.code == 0
             del message
             assert ext.log("kinesis", result_lines(ext.standin, 1)[0]).status.code == 0
+            # Dropped when the flusher next reads, which waits for the endpoint's backoff (full
+            # jitter, at most 60 s): the spool keeps lines up to the socket's limit.
             wait_for(lambda n=dropped: int(table(ext)["kinesis"]["dropped_oversize"]) == n,
-                     30, "the flusher to read, parse and drop the big line")
+                     90, "the flusher to read, parse and drop the big line")
             pid = ext.proc.pid
             # Back down, and staying there: a few samples in a row, within 30 s.
             wait_for(lambda p=pid: all(rss_kb(p) - resting <= 20 * 1024 and not time.sleep(0.2)

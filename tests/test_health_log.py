@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from osquery_aws_logger._accumulator import Health
+from osquery_aws_logger.delivery.accumulator import Health
 
 
 def test_flapping_is_rate_limited_and_the_recovery_is_always_logged(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import MetadataRetrievalError
 
-from osquery_aws_logger._aws import ImdsFetcher, resolve_credentials, service_region, sts_endpoint
-from osquery_aws_logger._service import SERVICES
-from osquery_aws_logger._settings import Settings
+from osquery_aws_logger.delivery.aws import ImdsFetcher, resolve_credentials, service_region, sts_endpoint
+from osquery_aws_logger.delivery.services import SERVICES
+from osquery_aws_logger.settings import Settings
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.localnet import ImdsV2

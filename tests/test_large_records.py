@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from osquery_aws_logger._aggregate import KPL_MAGIC
+from osquery_aws_logger.delivery.aggregate import KPL_MAGIC
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.localaws import make_client

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._memspool import MemorySpool, MemoryStore
-from osquery_aws_logger._spool import KIND_RESULT, Spool, SpoolLike
+from osquery_aws_logger.spool.memory import MemorySpool, MemoryStore
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool, SpoolLike
 
 Step = tuple[str, int]
 steps = st.lists(st.tuples(st.sampled_from(["append", "read", "ack", "rewind", "restart", "cap"]),

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from botocore.retries import standard
 
-from osquery_aws_logger._flags import add_option_flags
-from osquery_aws_logger._retry import THROTTLING_CODES, TRANSIENT_CODES, is_retriable, is_throttling
-from osquery_aws_logger._service import FIREHOSE, KINESIS
-from osquery_aws_logger._settings import OPTIONS, Settings, option_default, parse_settings
+from osquery_aws_logger.delivery.retry import THROTTLING_CODES, TRANSIENT_CODES, is_retriable, is_throttling
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS
+from osquery_aws_logger.flags import add_option_flags
+from osquery_aws_logger.settings import OPTIONS, Settings, option_default, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "osquery_aws_logger"

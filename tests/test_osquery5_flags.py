@@ -7,8 +7,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from osquery_aws_logger._aggregate import KplAggregate
-from osquery_aws_logger._aws import (
+from osquery_aws_logger.delivery.aggregate import KplAggregate
+from osquery_aws_logger.delivery.aws import (
     Endpoint,
     EndpointRefused,
     endpoint_for,
@@ -16,10 +16,17 @@ from osquery_aws_logger._aws import (
     fips_regions,
     standard_endpoint,
 )
-from osquery_aws_logger._batching import FIREHOSE_LIMITS, KINESIS_LIMITS, MIB, Entry, batch_length, oversize
-from osquery_aws_logger._redact import MASK, redact
-from osquery_aws_logger._service import FIREHOSE, KINESIS
-from osquery_aws_logger._settings import (
+from osquery_aws_logger.delivery.batching import (
+    FIREHOSE_LIMITS,
+    KINESIS_LIMITS,
+    MIB,
+    Entry,
+    batch_length,
+    oversize,
+)
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS
+from osquery_aws_logger.redact import MASK, redact
+from osquery_aws_logger.settings import (
     OPTION_NAMES,
     OSQUERY_AWS_FLAGS_NOT_READ,
     Settings,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from osquery_aws_logger import _redact
+from osquery_aws_logger import redact as _redact
 from tests.conftest import Aws
 from tests.harness import RunningExtension, result_lines, wait_for
 from tests.test_status import rows, run_cli
@@ -126,7 +126,7 @@ def test_uncaught_exceptions_go_through_the_log_handler_redacted(tmp_path: Path)
     # In a process of its own: configure() takes over the root logger and the except hooks.
     script = (
         "import threading\n"
-        "from osquery_aws_logger import _logs, _redact\n"
+        "from osquery_aws_logger import logs as _logs, redact as _redact\n"
         "_logs.configure(20)\n"
         f"_redact.remember({SECRET_KEY!r})\n"
         f"def fail():\n    raise ValueError({SECRET_KEY!r})\n"

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from osquery_aws_logger._accumulator import Accumulator, Batch
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._scan import count_rows
-from osquery_aws_logger._service import FIREHOSE, KINESIS, Service
-from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, Spool
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator, Batch
+from osquery_aws_logger.delivery.services import FIREHOSE, KINESIS, Service
+from osquery_aws_logger.results.scan import count_rows
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 from tests.conftest import Aws
 from tests.harness import RunningExtension, wait_for
 from tests.query_log import QueryRun, batch_line, event_lines

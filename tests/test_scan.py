@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._scan import (
+from osquery_aws_logger.results.scan import (
     Unshippable,
     count_rows,
     row_spans,

@@ -10,13 +10,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from osquery_aws_logger._accumulator import Accumulator
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._flusher import Flusher
-from osquery_aws_logger._service import KINESIS
-from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, Spool
-from osquery_aws_logger._status import StatusReport
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator
+from osquery_aws_logger.delivery.flusher import Flusher
+from osquery_aws_logger.delivery.services import KINESIS
+from osquery_aws_logger.ops.status import StatusReport
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 
 Answer = Callable[[str, list[dict[str, Any]]], Any]
 

@@ -20,8 +20,8 @@ from osquery.extensions import Extension
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TTransport
 
-from osquery_aws_logger import _server
-from osquery_aws_logger._server import Server
+from osquery_aws_logger.osquery import server as _server
+from osquery_aws_logger.osquery.server import Server
 from tests.test_hardening import call_bytes, ping_bytes, read_reply
 from tests.test_wire import Recorder
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from osquery_aws_logger._settings import (
+from osquery_aws_logger.settings import (
     MAX_BUFFERED_LOG,
     MAX_PERIOD_SECONDS,
     MAX_SHUTDOWN_SECONDS,

@@ -23,12 +23,12 @@ from aws_kinesis_agg.deaggregator import deaggregate_records
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from osquery_aws_logger._accumulator import Accumulator
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._flusher import Flusher
-from osquery_aws_logger._service import SERVICES
-from osquery_aws_logger._settings import Settings
-from osquery_aws_logger._spool import KIND_RESULT, Spool
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator
+from osquery_aws_logger.delivery.flusher import Flusher
+from osquery_aws_logger.delivery.services import SERVICES
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

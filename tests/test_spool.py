@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osquery_aws_logger._record import FILE_MAGIC, HEADER
-from osquery_aws_logger._spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
+from osquery_aws_logger.spool.record import FILE_MAGIC, HEADER
+from osquery_aws_logger.spool.spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
 
 _LENGTH = struct.Struct("<I")  # a record's payload length, 8 bytes into its header
 _KEY_LENGTH = struct.Struct("<H")  # its key's length, the header's last field
@@ -384,7 +384,7 @@ def test_damage_is_counted_exactly_whatever_the_read_chunk(
         tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, chunk: int,
         data: st.DataObject) -> None:
     # Tiny chunks make every read cross a record, a header and a sync marker boundary.
-    monkeypatch.setattr("osquery_aws_logger._record.READ_CHUNK", chunk)
+    monkeypatch.setattr("osquery_aws_logger.spool.record.READ_CHUNK", chunk)
     path = tmp_path_factory.mktemp("edges") / "s"
     payloads = [data.draw(st.binary(max_size=80)) for _ in range(120)]
     spool = make(path, max_records=16 * 40)

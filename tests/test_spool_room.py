@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from osquery_aws_logger._ledger import LEDGER_FILE, Ledger
-from osquery_aws_logger._spool import KIND_RESULT, Spool, SpoolGroup
+from osquery_aws_logger.spool.ledger import LEDGER_FILE, Ledger
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool, SpoolGroup
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from osquery_aws_logger._status import COLUMN_NAMES
+from osquery_aws_logger.ops.status import COLUMN_NAMES
 from tests.conftest import Aws
 from tests.harness import EXTENSION_COMMAND, RunningExtension, result_lines, wait_for
 

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._spool import KIND_RESULT, Spool
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 from tests.harness import EXTENSION_COMMAND
 from tests.test_every_row import NO_DAC
 
@@ -84,8 +84,8 @@ def test_read_status_and_spool_problem_never_raise_on_a_foreign_spool(tmp_path: 
     (spool / "kinesis").mkdir()
     code = ("import sys\n"
             "from pathlib import Path\n"
-            "from osquery_aws_logger._safefs import spool_problem\n"
-            "from osquery_aws_logger._status import read_status\n"
+            "from osquery_aws_logger.files import spool_problem\n"
+            "from osquery_aws_logger.ops.status import read_status\n"
             "root = Path(sys.argv[1])\n"
             "print(read_status(root), spool_problem(root), sep='\\n')\n")
     result = without_dac(sys.executable, "-c", code, str(spool))

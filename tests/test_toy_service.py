@@ -10,15 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from osquery_aws_logger._accumulator import Accumulator
-from osquery_aws_logger._batching import ServiceLimits
-from osquery_aws_logger._counters import PluginCounters
-from osquery_aws_logger._flusher import Flusher
-from osquery_aws_logger._memspool import MemorySpool
-from osquery_aws_logger._plugins import LoggerPlugin
-from osquery_aws_logger._service import Service
-from osquery_aws_logger._settings import ServiceSettings, Settings
-from osquery_aws_logger._status import status_row
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator
+from osquery_aws_logger.delivery.batching import ServiceLimits
+from osquery_aws_logger.delivery.flusher import Flusher
+from osquery_aws_logger.delivery.services import Service
+from osquery_aws_logger.ops.status import status_row
+from osquery_aws_logger.osquery.plugins import LoggerPlugin
+from osquery_aws_logger.settings import ServiceSettings, Settings
+from osquery_aws_logger.spool.memory import MemorySpool
 
 #: Three records a call, 200 bytes a record: small enough to see the batching at work.
 TOY_LIMITS = ServiceLimits("toy", 3, 10_000, 200, False, b"\n")

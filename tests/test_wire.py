@@ -13,7 +13,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.Thrift import TMessageType, TType
 from thrift.transport import TTransport
 
-from osquery_aws_logger._wire import OK_RESPONSE, Malformed, MessageScanner, NeedMore, WireCodec
+from osquery_aws_logger.osquery.wire import OK_RESPONSE, Malformed, MessageScanner, NeedMore, WireCodec
 
 
 class Recorder:

@@ -1,0 +1,14 @@
+"""osquery's result and status lines: walked and counted as bytes, made into records. Pure.
+
+Owns: the walk of a line (`scan`: rows counted and found without parsing the line), the batch
+format's reference expansion (`expand`), and result and status records (`records`: log_type,
+ids, partition keys).
+
+May import: the base modules (settings, errors, ...). Nothing of the stages: both the osquery
+side (which counts a line's rows) and delivery (which makes its records) use this.
+"""
+
+from .records import result_record, status_record
+from .scan import Unshippable, count_rows, scan_line
+
+__all__ = ["Unshippable", "count_rows", "result_record", "scan_line", "status_record"]
