@@ -4,7 +4,6 @@ Also the package's import graph (no cycles, TYPE_CHECKING included) and the retr
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -76,40 +75,6 @@ def test_each_service_has_a_typed_view_of_its_options() -> None:
     assert firehose.route(True, "") == "st" and not firehose.single_destination()
     assert (kinesis.stream_option, firehose.endpoint_option) == \
         ("aws_kinesis_stream", "aws_firehose_endpoint")
-
-
-def imports_of(path: Path) -> set[str]:
-    """The package modules a module imports, at run time or under TYPE_CHECKING alike."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module)
-            else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("osquery_aws_logger."):
-            found.add(node.module.split(".", 1)[1])  # type: ignore[union-attr]
-    return found
-
-
-def test_the_package_has_no_import_cycles_even_under_type_checking() -> None:
-    graph = {path.stem: imports_of(path) for path in PACKAGE.glob("*.py")}
-    graph["__init__"] = set()  # `from . import __version__` reaches the package, not a cycle
-    done: set[str] = set()
-
-    def visit(module: str, trail: list[str]) -> None:
-        assert module not in trail, " -> ".join([*trail, module])
-        if module in done:
-            return
-        for imported in graph.get(module, set()):
-            visit(imported, [*trail, module])
-        done.add(module)
-
-    for module in graph:
-        visit(module, [])
-    # Status reads what the accumulator publishes; the accumulator knows nothing of status.
-    assert "_flusher" not in graph["_status"] and "_status" not in graph["_accumulator"]
-    assert "_flusher" not in graph["_commands"]
 
 
 @pytest.mark.parametrize("code", ["Throttling", "ThrottledException", "RequestThrottledException",

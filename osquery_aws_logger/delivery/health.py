@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 
-from .retry import Backoff
+from ..counters import PluginCounters
+from ..errors import DeliveryError
+from .retry import Backoff, is_throttling
 
 log = logging.getLogger("osquery_aws_logger.flusher")
 
@@ -63,10 +66,74 @@ class Health:
         self._last_error_code = code if state != "ok" else ""
         self.state = state
 
+    def answered(self, label: str, codes: list[str | None], counters: PluginCounters,
+                 rows_of: list[int], now: float) -> None:
+        """A put call answered with each entry's code (None: accepted, with `rows_of` rows
+        each): back off after failed entries, else recover; count what went again."""
+        failed = [(code, rows) for code, rows in zip(codes, rows_of, strict=True) if code]
+        if not failed:
+            self.backoff.succeeded()
+            self.set_state(label, "ok", "", now)
+            return
+        throttled = sum(rows for code, rows in failed if is_throttling(code or ""))
+        counters.retried += sum(rows for _, rows in failed)
+        counters.throttled += throttled
+        self.backoff.failed(now)
+        message = f"{len(failed)} of {len(codes)} records failed ({failed[0][0]})"
+        counters.record_error(message)
+        self.set_state(label, "throttled" if throttled else "retrying", message, now)
+
+    def call_failed(self, label: str, error: DeliveryError, counters: PluginCounters,
+                    rows: int, now: float) -> None:
+        """A whole put call failed: every entry goes again, after a backoff (the cap for an
+        error only an operator can fix)."""
+        counters.retried += rows
+        if error.throttled:
+            counters.throttled += rows
+        if error.retriable:
+            delay = self.backoff.failed(now)
+            message = f"{error} (next try in {delay:.1f}s)"
+            state = "throttled" if error.throttled else "retrying"
+        else:
+            self.backoff.give_up_for_now(now)
+            message = (f"{error}: records stay spooled; fix the cause (stream name, "
+                       f"permissions, region) and they are sent")
+            state = "failing"
+        counters.record_error(message)
+        self.set_state(label, state, message, now)
+
 
 def worst(states: list[str]) -> str:
     """The worst of `states` ("ok" for none)."""
     return max(states, key=STATES.index, default="ok")
 
 
-__all__ = ["HEALTH_LOG_INTERVAL_SECONDS", "STATES", "Health", "RateLimit", "worst"]
+
+
+class DropLog:
+    """Rows one plugin gives up: each counted under its reason, and told at most once per
+    interval a reason (with a detail that names no content: a query name, a size)."""
+
+    def __init__(self, plugin: str, counters: PluginCounters) -> None:
+        self.plugin = plugin
+        self.counters = counters
+        self._logs = RateLimit(HEALTH_LOG_INTERVAL_SECONDS)
+
+    def __call__(self, reason: str, rows: int, detail: str) -> None:
+        """Rows given up while shaping."""
+        if rows <= 0:
+            return
+        self.counters.drop(reason, rows)
+        if self._logs.allow(reason, time.monotonic()):
+            more = self._logs.suppressed.pop(reason, 0)
+            log.warning("%s: dropped %s (%s): %s%s", self.plugin,
+                        "a record" if rows == 1 else f"a line of {rows} rows", reason, detail,
+                        f" ({more} more since the last such line)" if more else "")
+
+    def forgotten(self, rows: int, reason: str) -> None:
+        """Rows the spool gave up after they were read (the spool logged why)."""
+        if rows:
+            self.counters.drop(reason, rows)
+
+
+__all__ = ["HEALTH_LOG_INTERVAL_SECONDS", "STATES", "DropLog", "Health", "RateLimit", "worst"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
 from ..spool.spool import SpooledRecord, SpoolLike
@@ -344,4 +345,28 @@ class _Routed(LineRows):
             self.left = 0
 
 
-__all__ = ["READ_RECORDS", "Builder", "BuilderFactory", "Lane", "Ledger", "SlotOf"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries for one put call to one destination, as `ready` hands them out."""
+
+    destination: str
+    entries: tuple[Entry, ...]
+    lane: Lane = field(repr=False, compare=False)
+    generation: int = field(repr=False, compare=False)
+
+    @property
+    def rows(self) -> int:
+        return sum(entry.rows for entry in self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What may be sent now, and when the accumulator next needs a turn (inf: not by itself)."""
+
+    batches: tuple[Batch, ...]
+    wake_at: float
+
+
+__all__ = ["READ_RECORDS", "Batch", "Builder", "BuilderFactory", "Lane", "Ledger", "Ready", "SlotOf"]

@@ -316,14 +316,23 @@ class Server:
         self._unwatch(connection.fd)
 
     def _resume_paused(self) -> None:
-        """Big messages may be read again once the budget has room."""
-        if not self._paused or self._buffered >= self.BUFFER_BUDGET_BYTES:
+        """Big messages may be read again once the budget has room; and while none is being
+        read, the one furthest along is, budget or not (paused ones together may hold more
+        than the budget: waiting for room would then wait for ever)."""
+        if not self._paused:
             return
-        for connection in self._paused:
+        if self._buffered < self.BUFFER_BUDGET_BYTES:
+            resumed = list(self._paused)
+        elif not any(c.scanner is not None and not c.paused for c in self._connections.values()):
+            resumed = [max(self._paused, key=lambda c: len(c.buffer))]
+        else:
+            return
+        now = time.monotonic()
+        for connection in resumed:
             connection.paused = False
-            connection.last_progress = time.monotonic()  # its wait was ours, not the peer's
+            connection.last_progress = now  # its wait was ours, not the peer's
             self._selector.register(connection.fd, _READ)
-        self._paused.clear()
+            self._paused.discard(connection)
 
     def _answer(self, connection: _Connection, now: float) -> bool:
         """Answer every whole message in the buffer; False once the connection is done."""

@@ -4,11 +4,10 @@ oldest first across all of them) and how many of them hold descriptors open."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from .spool import Spool
+from pathlib import Path
+from typing import Final, Protocol
 
 log = logging.getLogger("osquery_aws_logger.spool")
 
@@ -16,6 +15,25 @@ log = logging.getLogger("osquery_aws_logger.spool")
 #: segment goes early, so the newest lines and the ledger can still be written.
 HEADROOM_BYTES: Final = 32 << 20
 HEADROOM_SHARE: Final = 0.05
+class Member(Protocol):
+    """What the group asks of a spool (the on-disk `Spool` answers all of it)."""
+
+    directory: Path
+    device: int
+    releasable: bool
+    lock: threading.Lock
+
+    def release(self) -> None: ...
+    def depth(self) -> tuple[int, int]: ...
+    def statvfs(self) -> os.statvfs_result | None: ...
+    def take_write_errors(self) -> int: ...
+    def oldest_closed_segment_at(self) -> float | None: ...
+    def locked_oldest_closed_segment_at(self) -> float | None: ...
+    def give_up_oldest_segment(self, reason: str) -> tuple[int, int]: ...
+    def locked_give_up_oldest_segment(self, reason: str) -> tuple[int, int]: ...
+
+
+
 class SpoolGroup:
     """The spools of one extension: the room they share on each filesystem, and how many hold
     descriptors open.
@@ -28,24 +46,24 @@ class SpoolGroup:
     def __init__(self, max_open: int = 64) -> None:
         self.max_open = max_open
         self._lock = threading.Lock()
-        self._members: list[Spool] = []
-        self._open: dict[int, Spool] = {}  # releasable spools holding descriptors, LRU first
+        self._members: list[Member] = []
+        self._open: dict[int, Member] = {}  # releasable spools holding descriptors, LRU first
 
-    def join(self, spool: Spool) -> None:
+    def join(self, spool: Member) -> None:
         with self._lock:
             self._members.append(spool)
 
-    def leave(self, spool: Spool) -> None:
+    def leave(self, spool: Member) -> None:
         with self._lock:
             if spool in self._members:
                 self._members.remove(spool)
             self._open.pop(id(spool), None)
 
-    def members(self) -> list[Spool]:
+    def members(self) -> list[Member]:
         with self._lock:
             return list(self._members)
 
-    def opened(self, spool: Spool) -> list[Spool]:
+    def opened(self, spool: Member) -> list[Member]:
         """`spool` holds descriptors again: answer the least recently used ones to release."""
         if not spool.releasable:
             return []
@@ -57,16 +75,16 @@ class SpoolGroup:
                 return []
             return [s for s in list(self._open.values())[:excess] if s is not spool]
 
-    def closed(self, spool: Spool) -> None:
+    def closed(self, spool: Member) -> None:
         with self._lock:
             self._open.pop(id(spool), None)
 
-    def free_oldest(self, requester: Spool) -> bool:
+    def free_oldest(self, requester: Member) -> bool:
         """Give up the oldest waiting closed segment among the spools on `requester`'s
         filesystem (counted as disk_full); False when none can go. `requester`'s lock is held
         by the caller; the others are only tried, never waited for."""
-        candidates: list[tuple[float, Spool]] = []
-        taken: list[Spool] = []
+        candidates: list[tuple[float, Member]] = []
+        taken: list[Member] = []
         try:
             for spool in self.members():
                 if spool is not requester:
@@ -89,14 +107,14 @@ class SpoolGroup:
         """The flusher's turn: where a filesystem is nearly full because of the spools (they
         hold more than the reserve) or a line could not be written, give up the oldest waiting
         segments across them until the reserve is free again."""
-        by_device: dict[int, list[Spool]] = {}
+        by_device: dict[int, list[Member]] = {}
         for spool in self.members():
             if spool.device >= 0:
                 by_device.setdefault(spool.device, []).append(spool)
         for spools in by_device.values():
             self._headroom(spools)
 
-    def _headroom(self, spools: list[Spool]) -> None:
+    def _headroom(self, spools: list[Member]) -> None:
         info = None
         for spool in spools:
             info = spool.statvfs()
