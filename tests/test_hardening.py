@@ -430,7 +430,8 @@ def test_memory_returns_near_rest_after_giant_lines(
         giant = json.dumps({"name": "giant", "snapshot": "x" * (60 << 20)})
         snapshot = json.dumps({"name": "files", "snapshot": rows, "action": "snapshot"})
         del rows
-        for dropped, line in enumerate((giant, snapshot), start=1):
+        # Counted in rows: the giant line is one, the snapshot line its 300,000 rows.
+        for dropped, line in ((1, giant), (1 + 300_000, snapshot)):
             message = call_bytes(ext.plugins["kinesis"], {"snapshot": line})
             with contextlib.closing(connect(ext.standin.extension_socket(ext.uuid),
                                             timeout=60)) as sock:
