@@ -167,7 +167,8 @@ class Accumulator:
                 continue  # its head is out; nothing of it changes until the outcome
             self.drops.forgotten(*lane.forget_dropped())
             if self._due(lane, now, draining=draining):
-                self.counters.expanded += lane.fill(self._rules, self.drops, builder=self._builder,
+                builder = self._builder if self.view.many_rows_per_record else None
+                self.counters.expanded += lane.fill(self._rules, self.drops, builder=builder,
                                                     slot=self._slot)
                 lane.close_all(limits, self._builder, self.drops)  # goes as full as it got
                 lane.ledger.acknowledge(lane.spool)  # drops may complete a prefix

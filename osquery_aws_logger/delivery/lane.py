@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 from ..spool.spool import SpooledRecord, SpoolLike
@@ -150,60 +151,71 @@ class Lane:
         entries = len(self.pending) + len(self.open)
         return entries >= limits.max_records or self.pending_bytes >= limits.max_call_bytes
 
-    def fill(self, rules: Rules, drop: Drop, *, builder: BuilderFactory, slot: SlotOf) -> int:
+    def fill(self, rules: Rules, drop: Drop, *, builder: BuilderFactory | None,
+             slot: SlotOf) -> int:
         """Read and shape from the spool until a call's worth is pending (or it is empty);
-        answer how many rows were made by expanding batch-format lines."""
+        answer how many rows were made by expanding batch-format lines. `builder` is None
+        when rows go one per record (no slot is asked for then)."""
         limits = rules.limits
+        max_records, max_call_bytes = limits.max_records, limits.max_call_bytes
         made = 0
         taken: list[tuple[bytes, int, str]] = []
-        while not self.enough(limits):
-            if not self.sources:
+        sources, pending, open_ = self.sources, self.pending, self.open
+        # Per row, this loop is the hot path of delivery: the checks of `enough` are inline.
+        while len(pending) + len(open_) < max_records and self.pending_bytes < max_call_bytes:
+            if not sources:
                 if not self._read(rules, drop):
                     break
                 continue  # what was read may all have been dropped: read on
-            source = self.sources[0]
+            source = sources[0]
+            seq = source.seq
             before = source.made
-            room_rows = limits.max_records - len(self.pending) - len(self.open)
-            room_bytes = max(1, limits.max_call_bytes - self.pending_bytes)
+            room_rows = max_records - len(pending) - len(open_)
+            room_bytes = max(1, max_call_bytes - self.pending_bytes)
             taken.clear()
             try:
-                source.take(taken, room_rows, room_bytes, self._dropper(source.seq, drop))
+                source.take(taken, room_rows, room_bytes, partial(self._line_dropped, seq, drop))
             except Exception as exc:  # contained to this line: its rest is given up, counted
                 reason = getattr(exc, "reason", "malformed")
-                self._dropper(source.seq, drop)(reason, source.left, f"{type(exc).__name__} "
-                                                 f"while taking rows of query {source.name or '?'}")
+                self._line_dropped(seq, drop, reason, source.left, f"{type(exc).__name__} "
+                                   f"while taking rows of query {source.name or '?'}")
                 source.left = 0
-            for item in taken:
-                self._add(source.seq, item, limits, drop, builder=builder, slot=slot)
+            if builder is None:
+                stream = self.stream
+                for record, rows, key in taken:
+                    self._queue(Entry((seq,) * rows, record, key, stream))
+            else:
+                for item in taken:
+                    self._add(seq, item, limits, drop, builder=builder, slot=slot)
             made += source.made - before
             if not source.left:
-                self.sources.popleft()
+                sources.popleft()
         return made
 
     def _read(self, rules: Rules, drop: Drop) -> bool:
         """Read the next lines into sources; False when the spool has none."""
         limits = rules.limits
         records = self.spool.read(READ_RECORDS, max(1, limits.max_call_bytes - self.pending_bytes))
+        expect, read_span, sources = self.ledger.expect, self.spool.read_span, self.sources
         for record in records:
-            self.ledger.expect(record.seq, record.rows)
-            source = self._shape(record, rules, drop)
+            expect(record.seq, record.rows)
+            if self.routed:
+                # A routed record is one finished row already shaped; its key travels with it.
+                source: LineRows | None = _Routed(record)
+            else:
+                source = shape(record, rules, read_span,
+                               partial(self._line_dropped, record.seq, drop))
             if source is not None:
                 if source.total != record.rows:
                     self.ledger.correct(record.seq, source.total)
-                self.sources.append(source)
+                sources.append(source)
         return bool(records)
 
-    def _shape(self, record: SpooledRecord, rules: Rules, drop: Drop) -> LineRows | None:
-        if self.routed:
-            # A routed record is one finished row already shaped; its key travels with it.
-            return _Routed(record)
-        return shape(record, rules, self.spool.read_span, self._dropper(record.seq, drop))
-
-    def _dropper(self, seq: int, drop: Drop) -> Drop:
-        def dropped(reason: str, rows: int, detail: str) -> None:
-            drop(reason, rows, detail)
-            self.ledger.finish_rows(seq, rows)
-        return dropped
+    def _line_dropped(self, seq: int, drop: Drop, reason: str, rows: int, detail: str) -> None:
+        """`rows` of line `seq` given up: counted through `drop`, and finished in the ledger.
+        (Bound per line with `partial`: made for every line, called only on a drop.)"""
+        drop(reason, rows, detail)
+        self.ledger.finish_rows(seq, rows)
 
     def _add(self, seq: int, item: tuple[bytes, int, str], limits: ServiceLimits, drop: Drop, *,
              builder: BuilderFactory, slot: SlotOf) -> None:
@@ -259,9 +271,9 @@ class Lane:
                     continue
                 if not limits.uses_partition_key:
                     # A plain row in a stream of gzip members would corrupt the S3 object.
-                    self._dropper(seq, drop)("oversize", rows, f"{len(alone.data)} bytes "
-                                             f"gzipped, over the {limits.max_record_bytes}-byte "
-                                             f"record limit")
+                    self._line_dropped(seq, drop, "oversize", rows, f"{len(alone.data)} bytes "
+                                       f"gzipped, over the {limits.max_record_bytes}-byte "
+                                       f"record limit")
                     continue
             self._queue(Entry((seq,) * rows, record, builder.key, self.stream))
 
@@ -282,12 +294,14 @@ class Lane:
             self.pending.popleft()
         failed = [entry for entry, code in zip(entries, codes, strict=True) if code]
         self.pending.extendleft(reversed(failed))
-        delivered = 0
+        delivered = delivered_bytes = 0
+        finish = self.ledger.finish
         for entry, code in zip(entries, codes, strict=True):
             if not code:
-                self.ledger.finish(entry.seqs)
-                delivered += entry.rows
-                self._release(entry.rows, len(entry.data))
+                finish(entry.seqs)
+                delivered += len(entry.seqs)
+                delivered_bytes += len(entry.data)
+        self._release(delivered, delivered_bytes)
         self.ledger.acknowledge(self.spool)
         return delivered, failed
 

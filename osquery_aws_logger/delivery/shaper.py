@@ -251,7 +251,30 @@ def shape(record: SpooledRecord, rules: Rules, read_span: ReadSpan, drop: Drop) 
     """The rows of one spooled line, or None when it gives none (its rows counted dropped
     through `drop`). Never raises: whatever a line holds costs only that line."""
     try:
-        return _shape(record, rules, read_span)
+        if record.kind == KIND_STATUS:
+            fields = _status_fields(record.data)
+            host = _host(fields, rules)
+            body = record.data
+            if rules.record_ids:
+                body = with_fields(body, {"log_id": record_id(fields, record.seq, host)})
+            return _whole(record, body, host, rules, stream=rules.route(True, ""), name="status")
+        if rules.results_as_events and might_be_batch(record.data):
+            batch = scan_line(record.data)
+            if batch is not None:
+                host = _host(batch.legacy, rules)
+                stream = rules.route(False, str(batch.legacy.get("name") or ""))
+                return _BatchRows(record, batch, rules, read_span=read_span, host=host,
+                                  stream=stream) if batch.rows else None
+        body, fields = _event_line(record, rules)
+        host = fields.get("hostIdentifier") or rules.host_identifier
+        if not isinstance(host, str):
+            host = str(host)
+        if rules.record_ids:
+            body = with_fields(body, {"log_id": record_id(fields, record.seq, host)})
+        name = fields.get("name") or ""
+        if not isinstance(name, str):
+            name = str(name)
+        return _whole(record, body, host, rules, stream=rules.route(False, name), name=name)
     except Unshippable as exc:
         drop(exc.reason, record.rows, exc.detail)
     except Exception as exc:  # a line that trips something unforeseen: it alone is given up
@@ -259,42 +282,18 @@ def shape(record: SpooledRecord, rules: Rules, read_span: ReadSpan, drop: Drop) 
     return None
 
 
-def _shape(record: SpooledRecord, rules: Rules, read_span: ReadSpan) -> LineRows | None:
+def _whole(record: SpooledRecord, body: bytes, host: str, rules: Rules, *, stream: str,
+           name: str) -> _Whole:
+    """A line that goes as one record, keyed and checked against the record limit."""
     limits = rules.limits
-    if record.kind == KIND_STATUS:
-        fields = _status_fields(record.data)
-        host = _host(fields, rules)
-        body = record.data
-        if rules.record_ids:
-            body = with_fields(body, {"log_id": record_id(fields, record.seq, host)})
-        key = _key(host, rules)
-        return _checked(_Whole(record.seq, body + limits.record_suffix, record.rows, key=key,
-                               stream=rules.route(True, ""), name="status"), rules)
-    if rules.results_as_events and might_be_batch(record.data):
-        batch = scan_line(record.data)
-        if batch is not None:
-            host = _host(batch.legacy, rules)
-            stream = rules.route(False, str(batch.legacy.get("name") or ""))
-            return _BatchRows(record, batch, rules, read_span=read_span, host=host,
-                              stream=stream) if batch.rows else None
-    body, fields = _event_line(record, rules)
-    host = _host(fields, rules)
-    if rules.record_ids:
-        body = with_fields(body, {"log_id": record_id(fields, record.seq, host)})
-    name = str(fields.get("name") or "")
-    return _checked(_Whole(record.seq, body + limits.record_suffix, record.rows,
-                           key=_key(host, rules), stream=rules.route(False, name),
-                           name=name), rules)
-
-
-def _checked(rows: _Whole, rules: Rules) -> _Whole:
-    limits = rules.limits
-    size = len(rows._record) + len(rows.key.encode())
+    key = partition_key(host, random_key=rules.random_key) if limits.uses_partition_key else ""
+    body += limits.record_suffix
+    size = len(body) + (len(key) if key.isascii() else len(key.encode()))
     if size > limits.max_record_bytes:
         raise Unshippable("oversize", f"{size - limits.max_record_bytes} bytes over the "
                           f"{limits.max_record_bytes}-byte {limits.service} record limit, "
-                          f"query {rows.name or '?'}")
-    return rows
+                          f"query {name or '?'}")
+    return _Whole(record.seq, body, record.rows, key=key, stream=stream, name=name)
 
 
 __all__ = ["HOLD_BELOW", "LineRows", "Rules", "shape"]

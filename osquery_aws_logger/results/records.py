@@ -87,5 +87,6 @@ def partition_key(host_identifier: str, *, random_key: bool) -> str:
     """The Kinesis partition key: the host identifier, or a random one per record."""
     if random_key or not host_identifier:
         return f"{random.getrandbits(128):032x}"
-    # Kinesis allows 1-256 Unicode characters, and they must encode as UTF-8.
-    return safe_text(host_identifier[:256])
+    # Kinesis allows 1-256 Unicode characters, and they must encode as UTF-8 (ASCII always does).
+    key = host_identifier[:256]
+    return key if key.isascii() else safe_text(key)

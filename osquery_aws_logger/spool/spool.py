@@ -845,7 +845,7 @@ class Spool:
                 self._lost(segment, (expected, expected_row), (record_seq, found.row))
             records.append(found)
             taken += len(found.data)
-            expected, expected_row = record_seq + 1, found.end_row
+            expected, expected_row = record_seq + 1, found.row + found.rows  # its end_row
         else:
             return records, reader.offset, expected, expected_row
         if reader.offset >= end and expected < end_seq:
