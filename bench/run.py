@@ -39,6 +39,8 @@ from bench.common import (
 )
 from bench.hardening import section_hardening
 from bench.hardening import table_rows as hardening_rows
+from bench.hops import section_hops
+from bench.hops import table_rows as hops_rows
 from bench.profile import profile_extension, write_markdown
 from bench.rows import section_rows
 from bench.rows import table_rows as rows_rows
@@ -546,6 +548,8 @@ def table(results: dict[str, Any]) -> str:
         rows += batch_rows(results["batch"])
     if results.get("rows"):
         rows += rows_rows(results["rows"])
+    if results.get("hops"):
+        rows += hops_rows(results["hops"])
     header = ("figure", "extension", "floor", "ratio / target", "")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
@@ -572,7 +576,8 @@ def histogram(values_ms: list[float], width: int = 50) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
 
 
-SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening", "batch", "rows")
+SECTIONS = ("cost", "profile", "drain", "latency", "memory", "savings", "hardening", "batch", "rows",
+            "hops")
 
 
 def main() -> None:
@@ -608,6 +613,10 @@ def main() -> None:
                         help="rows of the big snapshot (section rows)")
     parser.add_argument("--table-backlog", type=int, default=16_000,
                         help="2 KB lines, half delivered, half waiting (section rows)")
+    parser.add_argument("--hops-rows", type=int, default=50_000,
+                        help="rows of the in-process drain (section hops)")
+    parser.add_argument("--backlog-records", type=int, default=500_000,
+                        help="records waiting while the table is queried (section rows)")
     parser.add_argument("--table-calls", type=int, default=1500,
                         help="log calls timed with and without table queries (section rows)")
     parser.add_argument("--table-rate", type=float, default=20.0,
@@ -625,6 +634,7 @@ def main() -> None:
         args.giant_line_mb, args.giant_reps, args.ping_count = 8, 1, 200
         args.batch_reps, args.batch_rows, args.batch_event_rows = 1, 2000, 600
         args.snapshot_rows, args.table_backlog, args.table_calls = 20_000, 2000, 200
+        args.backlog_records, args.hops_rows = 20_000, 10_000
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(wanted) - set(SECTIONS)
     if unknown:
@@ -646,7 +656,8 @@ def main() -> None:
     sections: dict[str, Callable[[argparse.Namespace, Drivers], dict[str, Any]]] = {
         "cost": section_cost, "profile": section_profile, "drain": section_drain,
         "latency": section_latency, "memory": section_memory, "savings": section_savings,
-        "hardening": section_hardening, "batch": section_batch, "rows": section_rows}
+        "hardening": section_hardening, "batch": section_batch, "rows": section_rows,
+        "hops": section_hops}
     with Drivers(args.drivers) as drivers:
         for name in SECTIONS:
             if name in wanted:
