@@ -22,7 +22,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -265,6 +265,24 @@ def _key_text(buffer: bytes | memoryview, start: int, end: int) -> str:
     return str(loads(bytes(buffer[start:end])))
 
 
+def _walk_object(line: bytes | memoryview, pos: int, value: Callable[[str, int], int]) -> int:
+    """Walk the members of the object whose brace is at `pos`: `value(key, start)` reads or
+    skips each member's value and answers where it ends. Answers the offset after the object."""
+    size = len(line)
+    pos = _space(line, pos + 1)
+    if pos < size and line[pos] == _RBRACE:
+        return pos + 1
+    while True:
+        key_start, key_end, pos = _key(line, pos)
+        pos = _space(line, value(_key_text(line, key_start, key_end), pos))
+        after = line[pos] if pos < size else -1
+        if after == _RBRACE:
+            return pos + 1
+        if after != _COMMA:
+            raise _Invalid(pos, "a malformed object")
+        pos = _space(line, pos + 1)
+
+
 def might_be_batch(line: bytes | memoryview) -> bool:
     """Whether a line may be in batch format: the cheap test both sides apply first (a key
     spelt with escapes is not looked for, on either side). A view is searched in place."""
@@ -293,35 +311,26 @@ def _scan(line: bytes | memoryview) -> BatchLine | None:
     diff_arrays: list[tuple[str, int, int, int]] | None = None
     diff_is_arrays = False
     snapshot: tuple[int, int, int] | None = None
-    pos = _space(line, pos + 1)
-    if pos < size and line[pos] == _RBRACE:
-        pos += 1
-    else:
-        while True:
-            key_start, key_end, pos = _key(line, pos)
-            key = _key_text(line, key_start, key_end)
-            value_end: int
-            if key == "snapshot" and pos < size and line[pos] == _LBRACKET:
-                snapshot = _walk_array(line, pos)
-                value_end = snapshot[1] + 1
-            elif key == "diffResults" and pos < size and line[pos] == _LBRACE:
-                diff_arrays, diff_is_arrays, value_end = _walk_diff(line, pos)
-            else:
-                value_end = skip_value(line, pos)
-                if key == "snapshot":
-                    snapshot = None
-                elif key == "diffResults":
-                    diff_arrays, diff_is_arrays = None, False
-            members.pop(key, None)  # a repeated key: the last one counts, as in json
-            members[key] = (pos, value_end)
-            pos = _space(line, value_end)
-            after = line[pos] if pos < size else -1
-            if after == _RBRACE:
-                pos += 1
-                break
-            if after != _COMMA:
-                raise _Invalid(pos, "a malformed object")
-            pos = _space(line, pos + 1)
+
+    def value(key: str, pos: int) -> int:
+        nonlocal diff_arrays, diff_is_arrays, snapshot
+        value_end: int
+        if key == "snapshot" and pos < size and line[pos] == _LBRACKET:
+            snapshot = _walk_array(line, pos)
+            value_end = snapshot[1] + 1
+        elif key == "diffResults" and pos < size and line[pos] == _LBRACE:
+            diff_arrays, diff_is_arrays, value_end = _walk_diff(line, pos)
+        else:
+            value_end = skip_value(line, pos)
+            if key == "snapshot":
+                snapshot = None
+            elif key == "diffResults":
+                diff_arrays, diff_is_arrays = None, False
+        members.pop(key, None)  # a repeated key: the last one counts, as in json
+        members[key] = (pos, value_end)
+        return value_end
+
+    pos = _walk_object(line, pos, value)
     if _space(line, pos) != size:
         raise _Invalid(pos, "bytes after the JSON value")
     arrays: tuple[RowArray, ...]
@@ -382,24 +391,14 @@ def top_fields(line: bytes | memoryview, names: frozenset[str]) -> dict[str, Any
         if pos >= size or line[pos] != _LBRACE:
             raise Unshippable("not_json", "not a JSON object")
         fields: dict[str, Any] = {}
-        pos = _space(line, pos + 1)
-        if pos < size and line[pos] == _RBRACE:
-            pos += 1
-        else:
-            while True:
-                key_start, key_end, pos = _key(line, pos)
-                key = _key_text(line, key_start, key_end)
-                value_end = skip_value(line, pos)
-                if key in names:
-                    fields[key] = loads(line[pos:value_end])
-                pos = _space(line, value_end)
-                after = line[pos] if pos < size else -1
-                if after == _RBRACE:
-                    pos += 1
-                    break
-                if after != _COMMA:
-                    raise _Invalid(pos, "a malformed object")
-                pos = _space(line, pos + 1)
+
+        def value(key: str, pos: int) -> int:
+            value_end = skip_value(line, pos)
+            if key in names:
+                fields[key] = loads(line[pos:value_end])
+            return value_end
+
+        pos = _walk_object(line, pos, value)
         if _space(line, pos) != size:
             raise _Invalid(pos, "bytes after the JSON value")
     except _Invalid as exc:
