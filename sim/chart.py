@@ -98,7 +98,7 @@ def _cost(axis: Any, runs: list[tuple[str, str, dict[str, Any]]]) -> None:
     axis.set_yscale("log")
     axis.set_xlabel("hosts")
     axis.set_ylabel("CPU seconds (1 core of 2, shared)")
-    axis.set_title("The simulator's cost: 10 virtual minutes at 50 % load", fontsize=9)
+    axis.set_title("The simulator's cost: 10 virtual minutes, 1 row/s per host", fontsize=9)
     axis.legend(fontsize=7)
 
 
@@ -106,8 +106,10 @@ def draw(results: dict[str, Any], path: Path, *, baseline: dict[str, Any] | None
     runs = _runs(results, baseline)
     figure, grid = plt.subplots(2, 3, figsize=(16, 9))
     _outage((grid[0][0], grid[0][1]), runs)
-    _bars(grid[0][2], runs, [("steady 50 %", "steady_50", ""), ("steady 90 %", "steady_90", ""),
-                             ("outage, after", "outage", "")], "Delay per row")
+    _bars(grid[0][2], runs, [("steady 50 %", "steady_50", ""), ("restart, 50 %", "restart_50", ""),
+                             ("steady 90 %", "steady_90", ""),
+                             ("90 %, random key", "steady_90_random_key", ""),
+                             ("outage", "outage", "")], "Delay per row")
     _bars(grid[1][0], runs, [("hot hosts", "hot_host_key", "hot_hosts"),
                              ("their shards", "hot_host_key", "hot_shard_hosts"),
                              ("others", "hot_host_key", "other_hosts"),

@@ -38,10 +38,16 @@ def _scenario(name: str, scale: Scale) -> dict[str, Any]:
     return SCENARIOS[name](scale)
 
 
+#: The cost runs: the outage fleet's mix (a mean of 1 row/s per host) at every size.
+COST_QUIET_RATE = 1 / (0.8 + 0.2 * Scale().busy_factor)
+
+
 def _cost(hosts: int, seconds: float, seed: int) -> dict[str, Any]:
+    """The simulator's own cost for `seconds` of a fleet of `hosts` at a fixed rate per host
+    and a stream sized for it (a shard per 500 hosts, half busy)."""
     quiet_extension_logs()
-    scale = Scale(hosts=hosts, seed=seed, steady_s=seconds)
-    _, cost = run_fleet(scale.base(250, load=0.5, start_window=10.0, rows_until=seconds,
+    scale = Scale(hosts=hosts, seed=seed, steady_s=seconds, quiet_rate=COST_QUIET_RATE)
+    _, cost = run_fleet(scale.base(500, start_window=10.0, rows_until=seconds,
                                    measure_from=seconds / 5))
     return cost
 
@@ -120,7 +126,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=defaults.steady_s)
     parser.add_argument("--hot-seconds", type=float, default=defaults.hot_s)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--cost", default="100,1000",
+    parser.add_argument("--cost", default="100,300,1000,3000",
                         help="fleet sizes at which to measure the simulator's own cost "
                              "(comma-separated; empty: none)")
     parser.add_argument("--cost-seconds", type=float, default=600.0)
@@ -128,6 +134,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="earlier results to draw beside these in the chart")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other scenarios already in --out (each scenario's "
+                             "figures record the commit they ran at)")
     return parser.parse_args(argv)
 
 
@@ -146,18 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     scale = scale_of(args)
     started = time.perf_counter()
+    command = "python -m sim.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    source = source_state()
     results: dict[str, Any] = {
-        "generated_by": "python -m sim.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "source": source_state(), "machine": machine(),
+        "generated_by": [command], "source": source, "machine": machine(),
         "scale": dataclasses.asdict(scale), "scenarios": {}, "cost": []}
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        results["generated_by"] = [*earlier["generated_by"], command]
+        results["scenarios"] = earlier["scenarios"]
+        results["cost"] = earlier["cost"]
     for name in args.scenario or list(SCENARIOS):
         log(f"scenario {name}")
         figures = in_child(_scenario, name, scale)
+        figures["source"] = source
         cost = figures["cost"]
         log(f"  {cost['hosts']} hosts, {cost['rows']:,} rows, {cost['virtual_s']:.0f} s virtual "
             f"in {cost['wall_s']:.1f} s wall ({cost['cpu_s']:.1f} s CPU), "
             f"peak RSS {cost['peak_rss_mb']:.0f} MB; conserved: {figures['conservation']['balanced']}")
         results["scenarios"][name] = figures
+    if args.cost.strip():
+        results["cost"] = []
     for hosts in [int(h) for h in args.cost.split(",") if h.strip()]:
         log(f"simulator cost at {hosts} hosts, {args.cost_seconds:.0f} s virtual")
         cost = in_child(_cost, hosts, args.cost_seconds, args.seed)

@@ -138,14 +138,19 @@ def run_fleet(config: FleetConfig) -> tuple[Fleet, Figures]:
     return fleet, cost
 
 
-def steady(scale: Scale, load: float) -> Figures:
-    config = scale.base(250, load=load, start_window=10.0, rows_until=scale.steady_s,
-                        measure_from=scale.warmup_s)
+def steady(scale: Scale, load: float, start_window: float = 10.0,
+           random_key: bool = False) -> Figures:
+    """Rows at `load` of the stream's capacity; the hosts start within `start_window` seconds
+    (within a second: a fleet-wide restart, say an osqueryd upgrade pushed at once)."""
+    config = scale.base(250, load=load, start_window=start_window, rows_until=scale.steady_s,
+                        measure_from=scale.warmup_s, random_key=random_key)
     fleet, cost = run_fleet(config)
     counters = _counters(fleet)
     return {
         "config": {"hosts": config.hosts, "shards": config.shards, "load": load,
-                   "service": config.service, "seconds": scale.steady_s},
+                   "service": config.service, "seconds": scale.steady_s,
+                   "start_window_s": start_window, "random_partition_key": random_key,
+                   "busiest_shard_load": _busiest_shard_load(fleet)},
         **_percentiles(fleet),
         "retries_per_row": counters["retried"] / max(1, counters["delivered"]),
         **_window(fleet, scale.warmup_s, scale.steady_s),
@@ -201,6 +206,20 @@ def outage(scale: Scale) -> Figures:
     }
 
 
+def _busiest_shard_load(fleet: Fleet) -> float:
+    """The offered load of the busiest shard over its capacity (host keys: a host's rows all
+    go to one shard, so shards differ; random keys spread every host over all of them)."""
+    if fleet.kinesis is None:
+        return math.nan
+    shards = fleet.kinesis.shards
+    if fleet.config.random_key:
+        return sum(state.rate for state in fleet.states) / fleet.capacity_rows
+    rates = [0.0] * shards
+    for index, state in enumerate(fleet.states):
+        rates[fleet.kinesis.shard_of(fleet.names[index])] += state.rate
+    return max(rates) / (fleet.capacity_rows / shards)
+
+
 def _busiest_shard_bound(fleet: Fleet, capacity: float, load: float) -> float:
     """The bound for the shard with the most to catch up (host keys put a host on one shard)."""
     if fleet.kinesis is None or fleet.config.random_key or not fleet.backlog:
@@ -231,7 +250,9 @@ def rollout(scale: Scale) -> Figures:
     series = fleet.series
     window = int(scale.rollout_window_s) + 60
     sts = series.sts_calls[:window]
-    first = sorted(s.host.first_taken_at - s.start for s in fleet.states
+    # From the host's first row (what the extension adds; osqueryd's own first row comes when
+    # its first scheduled query runs).
+    first = sorted(s.host.first_taken_at - s.host.appended_at[0] for s in fleet.states
                    if s.host is not None and s.host.first_taken_at is not None)
     never = sum(1 for s in fleet.states if s.host is None or s.host.first_taken_at is None)
 
@@ -280,6 +301,8 @@ def hot(scale: Scale, random_key: bool) -> Figures:
 SCENARIOS: dict[str, Callable[[Scale], Figures]] = {
     "steady_50": lambda scale: steady(scale, 0.5),
     "steady_90": lambda scale: steady(scale, 0.9),
+    "steady_90_random_key": lambda scale: steady(scale, 0.9, random_key=True),
+    "restart_50": lambda scale: steady(scale, 0.5, start_window=1.0),
     "outage": outage,
     "rollout": rollout,
     "hot_host_key": lambda scale: hot(scale, False),
