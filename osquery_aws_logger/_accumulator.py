@@ -54,6 +54,7 @@ from ._batching import (
 )
 from ._counters import PluginCounters
 from ._errors import DeliveryError
+from ._pacing import Pacing
 from ._retry import Backoff, is_throttling
 from ._service import Builder, Service
 from ._settings import ServiceSettings, Settings
@@ -102,10 +103,12 @@ class RateLimit:
 
 
 class Health:
-    """One destination's backoff and state, and the rate-limited lines that tell its changes."""
+    """One destination's backoff, pacing and state, and the rate-limited lines that tell its
+    changes."""
 
     def __init__(self) -> None:
         self.backoff = Backoff()
+        self.pacing = Pacing()
         self.state = "ok"
         self.last_error = ""
         self._last_error_code = ""
@@ -634,7 +637,8 @@ class Accumulator:
     # -- what may go --------------------------------------------------------------------------
 
     def _due(self, lane: _Destination, now: float, *, draining: bool) -> bool:
-        if lane.in_flight or not lane.health.backoff.ready(now) or not lane.waiting():
+        if lane.in_flight or not lane.health.backoff.ready(now) or \
+                not lane.health.pacing.ready(now) or not lane.waiting():
             return False
         if draining or lane.waiting() >= self.service.limits.max_records:
             return True
@@ -644,8 +648,8 @@ class Accumulator:
         waiting = lane.waiting()
         if not waiting:
             return math.inf  # the thrift side wakes the loop once a full batch is waiting
-        if not lane.health.backoff.ready(now):
-            return lane.health.backoff.retry_at
+        if not lane.health.backoff.ready(now) or not lane.health.pacing.ready(now):
+            return max(lane.health.backoff.retry_at, lane.health.pacing.allowed_at)
         if waiting >= self.service.limits.max_records:
             return now
         return lane.next_flush_at
@@ -670,7 +674,9 @@ class Accumulator:
                 self._close_all(lane, now)  # what was read goes out now, as full as it got
                 lane.ledger.acknowledge()  # drops may complete a prefix
                 if lane.pending:
-                    count = batch_length(lane.pending, self.service.limits)
+                    count = min(batch_length(lane.pending, self.service.limits),
+                                lane.health.pacing.limit(self.service.limits.max_records,
+                                                         self.view.period))
                     batches.append(Batch(lane.stream, tuple(lane.pending[i] for i in range(count)),
                                          lane, lane.generation))
                     lane.in_flight = True
@@ -716,6 +722,8 @@ class Accumulator:
         if delivered:
             self.counters.last_success = time.time()
         health = lane.health
+        health.pacing.answered(now, len(entries), len(entries) - len(failed),
+                               sum(1 for code in codes if code and is_throttling(code)))
         if failed:
             failed_rows = sum(entry.rows for entry in failed)
             throttled = sum(entry.rows for entry, code in zip(entries, codes, strict=True)
@@ -749,6 +757,8 @@ class Accumulator:
         if lane is not None:
             lane.in_flight = False
         health = lane.health if lane is not None else self._health_of(batch.destination)
+        health.pacing.failed(now, len(batch.entries), throttled=error.throttled,
+                             expired=error.expired_credentials)
         if error.retriable:
             delay = health.backoff.failed(now)
             message = f"{error} (next try in {delay:.1f}s)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,52 @@ def test_a_cap_dropping_rows_of_the_batch_out_leaves_the_queue_consistent(tmp_pa
     # the rest as dropped.
     assert counters.delivered == 550 and counters.dropped["cap_records"] == 50
     assert accumulator.depth()[0] == 0
+
+
+def test_a_destination_throttled_put_after_put_sends_smaller_puts_at_the_streams_rate(
+        tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(3000):
+        spool.append(KIND_RESULT, line(i))
+    now, puts, taken = 0.0, [], []
+    while len(puts) < 8:
+        ready = accumulator.ready(now, draining=True)
+        if not ready.batches:
+            now = ready.wake_at
+            continue
+        (batch,) = ready.batches
+        puts.append((now, len(batch.entries)))
+        # The stream takes ten records of each put and throttles the rest.
+        codes: list[str | None] = [None] * 10 + \
+            ["ProvisionedThroughputExceededException"] * (len(batch.entries) - 10)
+        taken += rows_of(batch)[:10]
+        accumulator.completed(batch, codes, now)
+        now += 0.05
+    sizes = [size for _, size in puts]
+    assert sizes[:3] == [500, 500, 500], "a burst is the backoff's: full puts"
+    assert sizes[3] < 500 and all(a > b for a, b in itertools.pairwise(sizes[3:])), \
+        "congestion: a period's worth at the rate the stream takes, cut put after put"
+    assert puts[-1][0] - puts[3][0] > 5.0, "and the puts spaced by those records' time"
+    while accumulator.waiting():
+        ready = accumulator.ready(now, draining=True)
+        for batch in ready.batches:
+            taken += rows_of(batch)
+            accumulator.completed(batch, [None] * len(batch.entries), now)
+        now = max(now, ready.wake_at)
+    assert taken == list(range(3000)), "every row once, in order: pacing loses and reorders none"
+    assert counters.delivered == 3000
+
+
+def test_after_a_put_failed_whole_one_record_probes_before_the_rest_go(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(20):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    accumulator.failed(batch, DeliveryError("InternalFailure", "down", retriable=True), 0.0)
+    (probe,) = accumulator.ready(100.0, draining=True).batches
+    assert rows_of(probe) == [0], "the service failed whole: one record probes first"
+    accumulator.completed(probe, [None], 100.0)
+    (rest,) = accumulator.ready(100.0, draining=True).batches
+    assert rows_of(rest) == list(range(1, 20))
+    accumulator.completed(rest, [None] * 19, 100.0)
+    assert counters.delivered == 20 and spool.depth()[0] == 0
