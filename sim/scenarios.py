@@ -200,6 +200,9 @@ def outage(scale: Scale) -> Figures:
         "dropped_rows": drops["dropped_counted"],
         "hosts_dropping": drops["hosts_dropping"],
         "hosts_over_cap": drops["hosts_over_cap"],
+        # The operator's rule: a host fills its cap when its rate times the outage passes it.
+        "hosts_expected_over_cap": sum(1 for state in fleet.states
+                                       if state.rate * length > scale.outage_cap),
         "conservation": drops,
         "series": _series(fleet),
         "cost": cost,
