@@ -54,7 +54,7 @@ from ._batching import (
 )
 from ._counters import PluginCounters
 from ._errors import DeliveryError
-from ._pacing import Pacing
+from ._pacing import Pacing, first_flush_delay
 from ._retry import Backoff, is_throttling
 from ._service import Builder, Service
 from ._settings import ServiceSettings, Settings
@@ -341,7 +341,7 @@ class Accumulator:
             if self._direct is None:
                 self._direct = _Destination(self.view.stream, self.intake, routed=False,
                                             health=self._health_of(self.view.stream))
-                self._direct.next_flush_at = now + self.view.period
+                self._direct.next_flush_at = now + first_flush_delay(self.view.period)
             self._direct.stream = self.view.stream
         else:
             self._direct = None

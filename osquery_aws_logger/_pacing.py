@@ -29,7 +29,7 @@ throttled send at the rate its stream actually takes from it:
 Kinesis and Firehose send no Retry-After: the answers' shares are the only hint there is.
 
 Pure state, with `now` passed in: the accumulator asks `ready`, `allowed_at` and `limit` and
-reports each answer.
+reports each answer. `first_flush_delay` spreads the first flush of hosts started together.
 """
 
 from __future__ import annotations
@@ -140,3 +140,9 @@ class Pacing:
         self.last_put = now
         self.probing = self.probing or not expired
 
+
+def first_flush_delay(period: float) -> float:
+    """Seconds from start to a destination's first flush: a period on average, drawn over a
+    whole period's width. Hosts started together (a fleet-wide restart, an upgrade pushed at
+    once) would otherwise flush in step every period, each flush a burst at the shards."""
+    return period * random.uniform(0.5, 1.5)

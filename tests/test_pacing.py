@@ -1,5 +1,5 @@
 """Adaptive pacing of a destination (_pacing.py): engaged by congestion, cut and raised by the
-share AWS takes, smaller puts while throttled, probes after a failed call."""
+share AWS takes, smaller puts while throttled, probes after a failed call, spread first flushes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from osquery_aws_logger._pacing import (
     UNPACE_AFTER_S,
     UNPACED_RATE,
     Pacing,
+    first_flush_delay,
 )
 
 PERIOD = 10.0
@@ -119,6 +120,13 @@ def test_a_put_failed_whole_is_followed_by_a_probe_until_one_goes_through() -> N
     whole = paced(100.0)
     whole.failed(0.0, 500, throttled=True)
     assert whole.rate == pytest.approx(100.0 * DECREASE_FLOOR), "a call throttled whole: halved"
+
+
+def test_first_flushes_of_hosts_started_together_spread_over_a_period() -> None:
+    random.seed(4)
+    delays = [first_flush_delay(PERIOD) for _ in range(2000)]
+    assert 5.0 <= min(delays) < 5.2 and 14.8 < max(delays) <= 15.0
+    assert abs(sum(delays) / len(delays) - PERIOD) < 0.2, "a period on average"
 
 
 def test_hosts_sharing_a_shard_converge_on_its_rate_without_wasting_calls() -> None:
