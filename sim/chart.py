@@ -50,6 +50,7 @@ def _outage(axes: Any, runs: list[tuple[str, str, dict[str, Any]]]) -> None:
     rate.set_title("Rows/s taken and entries/s throttled (line: capacity)", fontsize=9)
     rate.set_xlabel("hours (virtual)")
     rate.set_yscale("symlog", linthresh=100)
+    rate.set_ylim(bottom=0)
     rate.legend(fontsize=6)
 
 
@@ -110,12 +111,12 @@ def draw(results: dict[str, Any], path: Path, *, baseline: dict[str, Any] | None
                              ("steady 90 %", "steady_90", ""),
                              ("90 %, random key", "steady_90_random_key", ""),
                              ("outage", "outage", "")], "Delay per row")
-    _bars(grid[1][0], runs, [("hot hosts", "hot_host_key", "hot_hosts"),
-                             ("their shards", "hot_host_key", "hot_shard_hosts"),
+    _bars(grid[1][0], runs, [("hot", "hot_host_key", "hot_hosts"),
+                             ("neighbours", "hot_host_key", "hot_shard_hosts"),
                              ("others", "hot_host_key", "other_hosts"),
-                             ("hot, random key", "hot_random_key", "hot_hosts"),
-                             ("their shards, random", "hot_random_key", "hot_shard_hosts"),
-                             ("others, random", "hot_random_key", "other_hosts")],
+                             ("hot\n(random)", "hot_random_key", "hot_hosts"),
+                             ("neighbours\n(random)", "hot_random_key", "hot_shard_hosts"),
+                             ("others\n(random)", "hot_random_key", "other_hosts")],
           "Hot shards: 1 % of hosts at 20x, host key vs random key")
     _rollout(grid[1][1], runs)
     _cost(grid[1][2], runs)

@@ -106,6 +106,8 @@ class _HostState:
     carry: float = 0.0
     #: Rows waiting when the outage ended, and when the host's rows were fresh again.
     waiting_at_outage_end: int = 0
+    #: The most rows seen waiting at once (sampled every `sample_every` seconds).
+    peak_waiting: int = 0
     caught_up_at: float | None = None
 
 
@@ -444,7 +446,12 @@ class Fleet:
         self._pass(index)
 
     def _sample(self, _: int, __: Any) -> None:
-        total = sum(state.host.waiting() for state in self.states if state.host is not None)
+        total = 0
+        for state in self.states:
+            if state.host is not None:
+                waiting = state.host.waiting()
+                total += waiting
+                state.peak_waiting = max(state.peak_waiting, waiting)
         self.waiting_samples.append((self.now, total))
         if self.outage_over:
             self._catch_up(total)

@@ -135,8 +135,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="earlier results to draw beside these in the chart")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other scenarios already in --out (each scenario's "
-                             "figures record the commit they ran at)")
+                        help="keep the other scenarios and cost runs already in --out (each "
+                             "scenario's figures record the commit they ran at)")
     return parser.parse_args(argv)
 
 
@@ -174,15 +174,18 @@ def main(argv: list[str] | None = None) -> int:
             f"in {cost['wall_s']:.1f} s wall ({cost['cpu_s']:.1f} s CPU), "
             f"peak RSS {cost['peak_rss_mb']:.0f} MB; conserved: {figures['conservation']['balanced']}")
         results["scenarios"][name] = figures
-    if args.cost.strip():
-        results["cost"] = []
-    for hosts in [int(h) for h in args.cost.split(",") if h.strip()]:
+    sizes = [int(h) for h in args.cost.split(",") if h.strip()]
+    # Merging keeps the other sizes' cost runs; a size measured again replaces its old run.
+    results["cost"] = [c for c in results["cost"] if args.merge and c["hosts"] not in sizes]
+    for hosts in sizes:
         log(f"simulator cost at {hosts} hosts, {args.cost_seconds:.0f} s virtual")
         cost = in_child(_cost, hosts, args.cost_seconds, args.seed)
         cost["us_per_row"] = cost["cpu_s"] / max(1, cost["rows"]) * 1e6
+        cost["source"] = source
         log(f"  {cost['wall_s']:.1f} s wall, {cost['cpu_s']:.1f} s CPU, {cost['rows']:,} rows, "
             f"{cost['us_per_row']:.1f} us CPU per row, peak RSS {cost['peak_rss_mb']:.0f} MB")
         results["cost"].append(cost)
+        results["cost"].sort(key=lambda c: c["hosts"])
     results["wall_s"] = time.perf_counter() - started
     args.out.write_text(json.dumps(clean(results), indent=1) + "\n")
     log(f"wrote {args.out} ({results['wall_s']:.0f} s)")

@@ -203,10 +203,24 @@ def outage(scale: Scale) -> Figures:
         # The operator's rule: a host fills its cap when its rate times the outage passes it.
         "hosts_expected_over_cap": sum(1 for state in fleet.states
                                        if state.rate * length > scale.outage_cap),
+        # How far past rate x outage a host's spool peaks (the recovery adds to it), among
+        # the hosts whose cap was not reached: what a cap must allow for.
+        "peak_over_rate_outage": _spread([state.peak_waiting / (state.rate * length)
+                                          for state in fleet.states if state.rate > 0
+                                          and state.peak_waiting < scale.outage_cap]),
         "conservation": drops,
         "series": _series(fleet),
         "cost": cost,
     }
+
+
+def _spread(values: list[float]) -> Figures:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {"p50": ordered[len(ordered) // 2],
+            "p99": ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)],
+            "max": ordered[-1]}
 
 
 def _busiest_shard_load(fleet: Fleet) -> float:

@@ -77,6 +77,9 @@ OUTAGE: list[Row] = [
     ("rows dropped (hosts dropping / whose cap was reached / rate × outage over the cap)",
      lambda f: f"{_n(f['dropped_rows'])} ({f['hosts_dropping']} / {f['hosts_over_cap']} / "
                f"{f.get('hosts_expected_over_cap', '–')})"),
+    ("a spool's peak ÷ (its rate × the outage), hosts under the cap: p50 / p99 / max",
+     lambda f: " / ".join(f"{f['peak_over_rate_outage'][k]:.2f}" for k in ("p50", "p99", "max"))
+     if f.get("peak_over_rate_outage") else "–"),
     ("delay p50 / p99 of rows accepted after the outage", _delays),
 ]
 ROLLOUT: list[Row] = [
