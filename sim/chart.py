@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from sim.table import commits
+
 BEFORE = "#999999"
 AFTER = "#1f77b4"
 
@@ -19,9 +21,8 @@ AFTER = "#1f77b4"
 def _runs(results: dict[str, Any], baseline: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
     runs = []
     if baseline is not None:
-        runs.append((f"before ({baseline['source']['commit']})", BEFORE, baseline))
-    runs.append((f"after ({results['source']['commit']})" if baseline else
-                 results["source"]["commit"], AFTER, results))
+        runs.append((f"before ({commits(baseline)})", BEFORE, baseline))
+    runs.append((f"after ({commits(results)})" if baseline else commits(results), AFTER, results))
     return runs
 
 
@@ -125,3 +126,14 @@ def draw(results: dict[str, Any], path: Path, *, baseline: dict[str, Any] | None
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+if __name__ == "__main__":
+    # Draw again from results files, without running anything: results [baseline].
+    import json
+    import sys
+
+    paths = [Path(arg) for arg in sys.argv[1:]]
+    draw(json.loads(paths[0].read_text()), paths[0].with_suffix(".png"),
+         baseline=json.loads(paths[1].read_text()) if len(paths) > 1 else None)
+

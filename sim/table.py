@@ -118,8 +118,15 @@ def describe(name: str, figures: Figures) -> str:
     return text
 
 
+def commits(results: Figures) -> str:
+    """The commits a results file's scenarios ran at (several after --merge)."""
+    found = [f["source"]["commit"] + ("+" if f["source"]["dirty"] else "")
+             for f in results["scenarios"].values() if "source" in f]
+    return ", ".join(dict.fromkeys(found)) or str(results["source"]["commit"])
+
+
 def table(runs: list[Figures]) -> str:
-    heads = [run["source"]["commit"] + ("+" if run["source"]["dirty"] else "") for run in runs]
+    heads = [commits(run) for run in runs]
     lines = ["| scenario | figure | " + " | ".join(heads) + " |",
              "|---|---|" + "---|" * len(runs)]
     for key, title, rows in SECTIONS:
