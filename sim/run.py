@@ -100,6 +100,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sim.run", description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                         help="run only these (repeatable; default: all)")
+    parser.add_argument("--no-scenarios", action="store_true",
+                        help="run no scenario (only the cost runs, with --merge)")
     parser.add_argument("--hosts", type=int, default=defaults.hosts)
     parser.add_argument("--rollout-hosts", type=int, default=defaults.rollout_hosts)
     parser.add_argument("--rollout-window", type=float, default=defaults.rollout_window_s,
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         results["generated_by"] = [*earlier["generated_by"], command]
         results["scenarios"] = earlier["scenarios"]
         results["cost"] = earlier["cost"]
-    for name in args.scenario or list(SCENARIOS):
+    for name in [] if args.no_scenarios else args.scenario or list(SCENARIOS):
         log(f"scenario {name}")
         figures = in_child(_scenario, name, scale)
         figures["source"] = source

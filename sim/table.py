@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001  (the dashes, minus and multiplication signs are meant: these tables go into the README)
 """The README's "Fleet at scale" tables, printed from results files (never typed in).
 
-    python -m sim.table sim/results-before.json [more results ...]
+    python -m sim.table [--no-cost] sim/results-before.json [more results ...]
 
 One column per file, in the order given, headed by the commit each ran at.
 """
@@ -99,7 +99,7 @@ HOT: list[Row] = [
 SECTIONS: list[tuple[str, str, list[Row]]] = [
     ("steady_50", "Steady, 50 % of capacity", STEADY),
     ("restart_50", "Restart: every host started within a second, 50 %", STEADY),
-    ("steady_90", "Steady, 90 % (host keys)", STEADY),
+    ("steady_90", "Steady, 90 % (Kinesis: the host as partition key)", STEADY),
     ("steady_90_random_key", "Steady, 90 %, random partition keys", STEADY),
     ("outage", "One-hour outage, then recovery at 50 %", OUTAGE),
     ("rollout", "Rollout with an STS role", ROLLOUT),
@@ -110,7 +110,8 @@ SECTIONS: list[tuple[str, str, list[Row]]] = [
 
 def describe(name: str, figures: Figures) -> str:
     c = figures["config"]
-    text = f"{c['hosts']:,} hosts, {c['shards']} shards"
+    stream = f"{c['shards']} MiB/s" if c.get("service") == "firehose" else f"{c['shards']} shards"
+    text = f"{c['hosts']:,} hosts, {stream}"
     if name == "rollout":
         text += f", started over {c['start_window_s']:.0f} s"
     if name.startswith("hot"):
@@ -159,10 +160,13 @@ def cost_table(run: Figures) -> str:
 
 
 def main(argv: list[str]) -> int:
-    runs = [json.loads(Path(path).read_text()) for path in argv]
+    """Print the table of the results files given; `--no-cost` leaves the cost tables out."""
+    paths = [arg for arg in argv if arg != "--no-cost"]
+    runs = [json.loads(Path(path).read_text()) for path in paths]
     print(table(runs))
-    print()
-    print(cost_table(runs[-1]))
+    if "--no-cost" not in argv:
+        print()
+        print(cost_table(runs[-1]))
     return 0
 
 
