@@ -84,7 +84,8 @@ OUTAGE: list[Row] = [
 ]
 ROLLOUT: list[Row] = [
     ("AssumeRole calls: max per second, mean, throttled",
-     lambda f: f"{f['sts_calls_per_s_max']}, {f['sts_calls_per_s_mean']:.0f}/s, {f['sts_throttled']}"),
+     lambda f: f"{_n(f['sts_calls_per_s_max'])}, {f['sts_calls_per_s_mean']:.0f}/s, "
+               f"{_n(f['sts_throttled'])}"),
     ("first delivery after a host's first row: p50 / p99 / max",
      lambda f: f"{_s(f['first_delivery_p50_s'])} / {_s(f['first_delivery_p99_s'])} / "
                f"{_s(f['first_delivery_max_s'])}"),
