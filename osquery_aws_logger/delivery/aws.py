@@ -483,12 +483,12 @@ class AwsClients:
     credentials can be had right now; the records wait in the spool meanwhile.
     """
 
-    def __init__(self, settings: Settings, targets: Mapping[str, Endpoint] | None = None, *,
+    def __init__(self, settings: Settings, targets: Mapping[str, Endpoint], *,
                  environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time,
                  read_timeout: float = 10.0) -> None:
         self.settings = settings
         #: Where each service's client goes, by botocore's service name (see Service.endpoint).
-        self.targets = dict(targets or {})
+        self.targets = dict(targets)  # required: without it every client would go to AWS
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.read_timeout = read_timeout

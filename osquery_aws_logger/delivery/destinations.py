@@ -21,6 +21,7 @@ from ..settings import ServiceSettings
 from ..spool.spool import SpoolLike
 from .health import DropLog, Health
 from .lane import Lane
+from .pacing import first_flush_delay
 from .router import (
     ROUTE_CHUNK_ROWS,
     ROUTED_DIR,
@@ -114,7 +115,8 @@ class Destinations:
         if lane is None:
             lane = self.routed[stream] = Lane(stream, self._spool_under(self.intake, stream),
                                               routed=True, health=self.health_of(stream))
-            lane.next_flush_at = time.monotonic() + (self.view.period if self.view else 0)
+            lane.next_flush_at = time.monotonic() + \
+                (first_flush_delay(self.view.period) if self.view else 0)
         return lane.spool
 
     def _open_routed_spools(self) -> None:
@@ -150,7 +152,7 @@ class Destinations:
             self.direct = [Lane(view.stream, intake.spool, routed=False,
                                 health=self.health_of(view.stream)) for intake in self.intakes]
             for lane in self.direct:
-                lane.next_flush_at = now + view.period
+                lane.next_flush_at = now + first_flush_delay(view.period)
         for lane in self.direct:
             lane.stream, lane.health = view.stream, self.health_of(view.stream)
 

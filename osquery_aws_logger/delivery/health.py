@@ -8,6 +8,7 @@ from typing import Final
 
 from ..counters import PluginCounters
 from ..errors import DeliveryError
+from .pacing import Pacing
 from .retry import Backoff, is_throttling
 
 log = logging.getLogger("osquery_aws_logger.flusher")
@@ -36,10 +37,12 @@ class RateLimit:
 
 
 class Health:
-    """One destination's backoff and state, and the rate-limited lines that tell its changes."""
+    """One destination's backoff, pacing and state, and the rate-limited lines that tell its
+    changes."""
 
     def __init__(self) -> None:
         self.backoff = Backoff()
+        self.pacing = Pacing()
         self.state = "ok"
         self.last_error = ""
         self._last_error_code = ""
@@ -69,8 +72,10 @@ class Health:
     def answered(self, label: str, codes: list[str | None], counters: PluginCounters,
                  rows_of: list[int], now: float) -> None:
         """A put call answered with each entry's code (None: accepted, with `rows_of` rows
-        each): back off after failed entries, else recover; count what went again."""
+        each): back off after failed entries, else recover; count what went again; pace."""
         failed = [(code, rows) for code, rows in zip(codes, rows_of, strict=True) if code]
+        self.pacing.answered(now, len(codes), len(codes) - len(failed),
+                             sum(1 for code, _ in failed if is_throttling(code or "")))
         if not failed:
             self.backoff.succeeded()
             self.set_state(label, "ok", "", now)
@@ -84,9 +89,12 @@ class Health:
         self.set_state(label, "throttled" if throttled else "retrying", message, now)
 
     def call_failed(self, label: str, error: DeliveryError, counters: PluginCounters,
-                    rows: int, now: float) -> None:
-        """A whole put call failed: every entry goes again, after a backoff (the cap for an
-        error only an operator can fix)."""
+                    now: float, *, rows: int, entries: int) -> None:
+        """A whole put call of `entries` records holding `rows` rows failed: every entry goes
+        again, after a backoff (the cap for an error only an operator can fix), and the next
+        put is a probe unless it was throttled or only the credentials had run out."""
+        self.pacing.failed(now, entries, throttled=error.throttled,
+                           expired=error.expired_credentials)
         counters.retried += rows
         if error.throttled:
             counters.throttled += rows

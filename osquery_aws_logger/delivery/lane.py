@@ -281,8 +281,9 @@ class Lane:
         for builder in list(self.open.values()):
             self.close(builder, limits, make, drop)
 
-    def batch(self, limits: ServiceLimits) -> tuple[Entry, ...]:
-        count = batch_length(self.pending, limits)
+    def batch(self, limits: ServiceLimits, most: int) -> tuple[Entry, ...]:
+        """The entries of the next put: what fits one call, at most `most` (pacing's limit)."""
+        count = min(batch_length(self.pending, limits), most)
         return tuple(self.pending[i] for i in range(count))
 
     # -- outcomes -----------------------------------------------------------------------------
@@ -336,8 +337,9 @@ class Lane:
         waiting = self.waiting()
         if not waiting:
             return math.inf  # the thrift side wakes the loop once a full batch is waiting
-        if not self.health.backoff.ready(now):
-            return self.health.backoff.retry_at
+        backoff, pacing = self.health.backoff, self.health.pacing
+        if not backoff.ready(now) or not pacing.ready(now):
+            return max(backoff.retry_at, pacing.allowed_at)
         if waiting >= limits.max_records:
             return now
         return self.next_flush_at

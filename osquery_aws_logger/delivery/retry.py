@@ -132,6 +132,13 @@ def delivery_error(exc: Exception, *, read_timeout: float | None = None) -> Deli
                          retriable=True)
 
 
+def jitter_source() -> random.Random:
+    """A generator of its own for each backoff (and pacing), seeded from the `random` module's:
+    the jitter of two destinations never moves in step, and seeding the module (the fleet
+    simulation's `--seed`) makes every backoff of a run repeatable."""
+    return random.Random(random.getrandbits(64))
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with full jitter and a cap: when the next attempt may be made.
@@ -144,7 +151,7 @@ class Backoff:
     cap_seconds: float = 60.0
     failures: int = 0
     retry_at: float = 0.0
-    _random: random.Random = field(default_factory=random.Random, repr=False)
+    _random: random.Random = field(default_factory=jitter_source, repr=False)
 
     def ready(self, now: float) -> bool:
         return now >= self.retry_at
