@@ -8,7 +8,6 @@ rows, before the spool: whatever becomes of a line later is counted in the same 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Final, Protocol
 
 from ..counters import PluginCounters
 from ..results.records import status_record
-from ..results.scan import count_rows
+from ..results.scan import Unshippable, count_rows, loads
 from ..settings import ServiceSettings
 from ..spool.spool import KIND_RESULT, KIND_STATUS, SpoolLike
 from .wire import OK_RESPONSE, no_such_plugin, quote, response
@@ -63,9 +62,16 @@ class LoggerPlugin:
         return self.view().forwards_status
 
     def _spool(self, kind: int, data: bytes | memoryview, rows: int = 1) -> None:
+        """Count the line accepted (in rows) and spool it; a line that cannot be spooled is
+        counted dropped, so whatever becomes of it is counted once, in rows."""
         self.counters.accepted += 1
         self.counters.accepted_rows += rows
-        waiting = self.spool.append(kind, data, rows=rows)
+        try:
+            waiting = self.spool.append(kind, data, rows=rows)
+        except Exception:
+            self.counters.drop("spool_error", rows)
+            log.exception("%s: could not spool a line", self.name)
+            return
         if waiting and waiting % self.batch_records == 0:
             # Each full batch wakes the flusher once; waking it per line past the first batch
             # would cost a loop turn per line while it is backing off.
@@ -76,10 +82,11 @@ class LoggerPlugin:
         try:
             # Counted now, in rows, so whatever becomes of the line (a cap, a full disk) is
             # counted in rows too, read or not.
-            self._spool(KIND_RESULT, line, count_rows(line))
-        except Exception:
-            self.counters.drop("spool_error")
-            log.exception("%s: could not spool a line", self.name)
+            rows = count_rows(line)
+        except Exception:  # never expected (count_rows answers 1 for what it cannot read)
+            log.exception("%s: could not count the rows of a line; counted as one", self.name)
+            rows = 1
+        self._spool(KIND_RESULT, line, rows)
 
     def log_line(self, line: str) -> None:
         self.log_bytes(line.encode("utf-8", "surrogateescape"))
@@ -88,25 +95,32 @@ class LoggerPlugin:
         if not self.forwards_status():
             return
         try:
-            entries = json.loads(text)
-        except ValueError:
-            self.counters.accepted += 1
-            self.counters.accepted_rows += 1
-            self.counters.drop("not_json")
-            log.warning("%s: a status log batch was not JSON; dropped", self.name)
+            entries = loads(text.encode("utf-8", "surrogateescape"))
+        except Unshippable as exc:  # not JSON, too deep, not UTF-8: one row, dropped
+            self._refused_status(exc.reason, f"a status log batch that is not JSON "
+                                 f"({exc.reason})")
             return
         if not isinstance(entries, list):
             entries = [entries]
         version = self.version()
         for entry in entries:
-            if isinstance(entry, dict):
-                if not entry.get("h"):
-                    entry["h"] = self.host_identifier
-                self._spool(KIND_STATUS, status_record(entry, version))
-            else:
-                self.counters.accepted += 1
-                self.counters.accepted_rows += 1
-                self.counters.drop("not_json")
+            if not isinstance(entry, dict):
+                self._refused_status("not_json", "a status log entry that is not an object")
+                continue
+            if not entry.get("h"):
+                entry["h"] = self.host_identifier
+            try:
+                record = status_record(entry, version)
+            except Exception as exc:  # a value json cannot write back (a hostile entry)
+                self._refused_status("malformed", f"a status log entry ({type(exc).__name__})")
+                continue
+            self._spool(KIND_STATUS, record)
+
+    def _refused_status(self, reason: str, what: str) -> None:
+        self.counters.accepted += 1
+        self.counters.accepted_rows += 1
+        self.counters.drop(reason)
+        log.warning("%s: %s; dropped", self.name, what)
 
     def handle(self, request: Mapping[str, str]) -> Any:
         """Answer one call of osqueryd's logger registry.
