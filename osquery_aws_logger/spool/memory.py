@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contract import DropCallback
 from .group import SpoolGroup
 from .record import HEADER, MAX_RECORD_BYTES, SpooledRecord
 from .segments import Migration
-from .spool import DropCallback
 
 
 @dataclass
