@@ -38,10 +38,11 @@ from array import array
 from pathlib import Path
 from typing import Final
 
-from ..files import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
+from ..files import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write
 from ..platform import fdatasync
 from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
+from .handle import DirectoryHandle
 from .ledger import LEDGER_FILE, Ledger
 from .record import (
     FILE_MAGIC,
@@ -97,15 +98,11 @@ class Spool:
         self._on_drop = on_drop
         self._migrate = migrate
         self._group = group if group is not None else SpoolGroup()
-        self._fs_bytes = 0  # the size of the filesystem the spool is on, once open
+        self._dir = DirectoryHandle(directory)
         self._segment_records = self._segment_bytes = 0
         self._size_segments()
         self._segments: list[Segment] = []
         self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
-        self._dir_fd = -1
-        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory
-        self.device = -1
-        self._released = False
         self._fd = -1
         self._dirty_since = 0.0
         self._next_seq = 1
@@ -135,7 +132,7 @@ class Spool:
         self._waiting_rows = 0  # the last figure waiting_rows() took
         self._group.join(self)
         self._open()
-        if self._dir_fd >= 0:
+        if self._dir.fd >= 0:
             self._note_open()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -143,17 +140,8 @@ class Spool:
     def _open(self) -> None:
         """Set the spool up, or record why it cannot be (never raises)."""
         try:
-            problem = parent_problem(self.directory)
-            if problem:
-                raise UnsafePath(problem)
-            self._dir_fd = open_directory(self.directory, create=True, mode=0o700)
-            info = os.fstat(self._dir_fd)
-            self._identity, self.device = (info.st_dev, info.st_ino), info.st_dev
-            with contextlib.suppress(OSError):
-                fs = os.statvfs(self._dir_fd)
-                self._fs_bytes = fs.f_blocks * fs.f_frsize
+            self._dir.open()
             self._size_segments()
-            self._released = False
             self._recover()
         except (OSError, ValueError) as exc:
             self._unusable(exc)
@@ -163,9 +151,7 @@ class Spool:
         self.problem = ""
 
     def _unusable(self, exc: Exception) -> None:
-        if self._dir_fd >= 0:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+        self._dir.close()
         self._segments.clear()
         self._bytes = 0
         reason = str(exc) if isinstance(exc, UnsafePath) else \
@@ -178,11 +164,11 @@ class Spool:
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
 
     def _recover(self) -> None:
-        migrate_previous_format(self._dir_fd, self.directory, self._migrate, self._ledger)
+        migrate_previous_format(self._dir.fd, self.directory, self._migrate, self._ledger)
         position = self._read_ledger()
         self._acked, self._acked_row = position or (0, 0)
         self._ledger_written = (self._acked, self._acked_row)
-        files = segment_files(self._dir_fd)
+        files = segment_files(self._dir.fd)
         self._segments, self._bytes = [], 0
         for index, (first, first_row) in enumerate(files):
             following = files[index + 1] if index + 1 < len(files) else None
@@ -207,24 +193,24 @@ class Spool:
 
     def _read_ledger(self) -> tuple[int, int] | None:
         try:
-            return self._ledger.read(self._dir_fd)
+            return self._ledger.read(self._dir.fd)
         except OSError as exc:  # a link planted in its place (ELOOP): never read through it
             log.warning("spool %s: ignored the %s file: %s", self.directory, LEDGER_FILE,
                         exc.strerror or exc)
             return None
 
     def _open_segment(self, name: str, flags: int) -> int:
-        if self._dir_fd < 0:  # never relative to the working directory
+        if self._dir.fd < 0:  # never relative to the working directory
             raise OSError(errno.EBADF, f"spool {self.directory} is not open")
-        return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
+        return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir.fd)
 
     def _unlink(self, name: str) -> None:
         """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
         raised: it must not undo the record just written, nor stop an acknowledgement."""
-        if self._dir_fd < 0:  # never relative to the working directory
+        if self._dir.fd < 0:  # never relative to the working directory
             return
         try:
-            os.unlink(name, dir_fd=self._dir_fd)
+            os.unlink(name, dir_fd=self._dir.fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -310,6 +296,11 @@ class Spool:
     def group(self) -> SpoolGroup:
         return self._group
 
+    @property
+    def device(self) -> int:
+        """The filesystem the spool is on (its room is shared with the group's others there)."""
+        return self._dir.device
+
     def child(self, *parts: str, migrate: Migration = plain) -> Spool:
         """The spool of a directory below this one (a routed destination's): the same caps,
         counters and group; it lets go of its descriptors when idle."""
@@ -326,7 +317,7 @@ class Spool:
             if not self._usable():
                 return found
             try:
-                fd = os.open(name, DIR_FLAGS, dir_fd=self._dir_fd)
+                fd = os.open(name, DIR_FLAGS, dir_fd=self._dir.fd)
             except OSError:
                 return found
             try:
@@ -359,10 +350,10 @@ class Spool:
         """Let go of the directory and segment descriptors until the spool is next used
         (only for a spool nobody appends to from the thrift side)."""
         with self.lock:
-            if not self.releasable or self._dir_fd < 0:
+            if not self.releasable or self._dir.fd < 0:
                 return
             self._close_fds()
-            self._released = True
+            self._dir.release()
         self._group.closed(self)
 
     def _close_fds(self) -> None:
@@ -372,31 +363,16 @@ class Spool:
             os.close(self._fd)
             self._fd = -1
             self._dirty_since = 0.0
-        if self._dir_fd >= 0:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+        self._dir.close()
 
     def _usable(self) -> bool:
         """Whether the directory is open (reopened, if it was let go). Under the lock."""
-        if not self._released:
-            return self._dir_fd >= 0
-        try:
-            problem = parent_problem(self.directory)
-            if problem:
-                raise UnsafePath(problem)
-            fd = open_directory(self.directory, create=False, mode=0o700)
-        except (OSError, ValueError) as exc:
-            self._released = False
-            self._unusable(exc)
+        if not self._dir.released:
+            return self._dir.fd >= 0
+        problem = self._dir.take_again()
+        if problem is not None:
+            self._unusable(problem)
             return False
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != self._identity:
-            os.close(fd)
-            self._released = False
-            self._unusable(UnsafePath(f"{self.directory} was replaced by another directory"))
-            return False
-        self._dir_fd = fd
-        self._released = False
         self._reopened = True
         return True
 
@@ -583,7 +559,7 @@ class Spool:
     def _write_failed(self, exc: OSError, rows: int) -> None:
         self._on_drop("spool_error", rows)
         self._errors_since_check += 1
-        if exc.errno == errno.ENOENT and self._dir_fd >= 0 and not self._directory_present():
+        if exc.errno == errno.ENOENT and self._dir.fd >= 0 and not self._dir.present():
             self._lose_directory()
         now = time.monotonic()
         if now - self._error_logged_at >= ERROR_LOG_SECONDS:
@@ -602,19 +578,7 @@ class Spool:
 
     def statvfs(self) -> os.statvfs_result | None:
         with self.lock:
-            if self._dir_fd < 0:
-                return None
-            try:
-                return os.statvfs(self._dir_fd)
-            except OSError:
-                return None
-
-    def _directory_present(self) -> bool:
-        """Whether the spool's directory is still where it was (not removed by hand)."""
-        try:
-            return os.fstat(self._dir_fd).st_nlink > 0
-        except OSError:
-            return False
+            return self._dir.statvfs()
 
     def _lose_directory(self) -> None:
         """The directory was removed while in use: forget it and set it up again later
@@ -623,8 +587,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-        os.close(self._dir_fd)
-        self._dir_fd = -1
+        self._dir.close()
         self._segments.clear()
         self._bytes = 0
         self.problem = f"spool {self.directory} unusable: its directory was removed"
@@ -639,7 +602,7 @@ class Spool:
             if not self._usable():
                 return False
             try:
-                atomic_write(self._dir_fd, name, data, mode=mode)
+                atomic_write(self._dir.fd, name, data, mode=mode)
             except OSError:
                 return False
         self._after_use()
@@ -650,7 +613,8 @@ class Spool:
         segment at a time, so on a small filesystem (a 2 MiB mount, a quota) a delivered
         segment is never most of it while new lines wait behind it."""
         self._segment_records = max(1, min(4096, self.max_records // 16))
-        room = self.max_bytes if not self._fs_bytes else min(self.max_bytes, self._fs_bytes)
+        fs_bytes = self._dir.fs_bytes
+        room = self.max_bytes if not fs_bytes else min(self.max_bytes, fs_bytes)
         self._segment_bytes = max(64 << 10, min(16 << 20, room // 16))
 
     def _needs_roll(self) -> bool:
@@ -912,10 +876,10 @@ class Spool:
 
     def _write_ledger(self) -> None:
         position = (self._acked, self._acked_row)
-        if position == self._ledger_written or self._dir_fd < 0:
+        if position == self._ledger_written or self._dir.fd < 0:
             return
         try:
-            self._ledger.write(self._dir_fd, *position)
+            self._ledger.write(self._dir.fd, *position)
             self._ledger_written = position
         except OSError as exc:
             now = time.monotonic()
@@ -937,9 +901,9 @@ class Spool:
         not be."""
         now = time.monotonic()
         with self.lock:
-            if self._released:
+            if self._dir.released:
                 return
-            if self._dir_fd < 0:
+            if self._dir.fd < 0:
                 if now >= self._reopen_at:
                     self._open()
                 return
@@ -1002,11 +966,10 @@ class Spool:
 
     def close(self) -> None:
         with self.lock:
-            if self._dir_fd >= 0:
+            if self._dir.fd >= 0:
                 with contextlib.suppress(OSError):
                     self._write_ledger()
             self._close_fds()
-            self._released = False
         self._group.leave(self)
 
 
