@@ -80,6 +80,25 @@ def segment_files(dir_fd: int) -> list[tuple[int, int]]:
     return sorted(found)
 
 
+def open_segment(dir_fd: int, name: str, flags: int) -> int:
+    """A file of the spool, opened relative to its directory's descriptor (never through a
+    link)."""
+    return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=dir_fd)
+
+
+def delete(dir_fd: int, directory: Path, name: str) -> None:
+    """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
+    raised: it must not undo the record just written, nor stop an acknowledgement."""
+    if dir_fd < 0:  # never relative to the working directory
+        return
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("spool %s: cannot delete %s: %s", directory, name, exc.strerror or exc)
+
+
 def fill_gap(counts: array[int], missing: int, rows: int) -> None:
     """Records lost between two known ones: `missing` records that held `rows` rows in all
     (put on the first of them, so the running total stays exact at every intact record)."""

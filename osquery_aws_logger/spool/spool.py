@@ -38,7 +38,7 @@ from array import array
 from pathlib import Path
 from typing import Final
 
-from ..files import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write
+from ..files import DIR_FLAGS, UnsafePath, atomic_write
 from ..platform import fdatasync
 from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
@@ -46,21 +46,21 @@ from .handle import DirectoryHandle
 from .ledger import LEDGER_FILE, Ledger
 from .record import (
     FILE_MAGIC,
-    HEADER,
     KIND_RESULT,
     KIND_STATUS,
     MAX_RECORD_BYTES,
-    SYNC,
     Reader,
     SpooledRecord,
     record_header,
 )
+from .recovery import recover
 from .segments import (
     SEGMENT_SUFFIX,
     Migration,
     Segment,
+    delete,
     fill_gap,
-    migrate_previous_format,
+    open_segment,
     plain,
     segment_files,
     segment_name,
@@ -164,119 +164,21 @@ class Spool:
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
 
     def _recover(self) -> None:
-        migrate_previous_format(self._dir.fd, self.directory, self._migrate, self._ledger)
-        position = self._read_ledger()
-        self._acked, self._acked_row = position or (0, 0)
+        found = recover(self._dir.fd, self.directory, self._migrate, self._ledger,
+                        self._count_corrupt, numbered=(self._next_seq, self._next_row))
+        self._acked, self._acked_row = found.acked, found.acked_row
         self._ledger_written = (self._acked, self._acked_row)
-        files = segment_files(self._dir.fd)
-        self._segments, self._bytes = [], 0
-        for index, (first, first_row) in enumerate(files):
-            following = files[index + 1] if index + 1 < len(files) else None
-            segment = Segment(first, first_row)
-            if following is not None:
-                # Closed segments were fsynced when they rolled: their count follows from names.
-                segment.count = following[0] - first
-                segment.indexed = False
-                segment.size, segment.first_at = self._closed_facts(segment)
-            else:
-                self._next_row = self._scan_tail(segment)
-            if segment.end_seq - 1 <= self._acked:
-                self._unlink(segment.name)
-                continue
-            self._segments.append(segment)
-            self._bytes += segment.size
-        if self._segments:
-            self._next_seq = self._segments[-1].end_seq
-        self._next_seq = max(self._next_seq, self._acked + 1)
-        self._next_row = max(self._next_row, self._acked_row)
+        self._segments, self._bytes = found.segments, found.bytes
+        self._next_seq, self._next_row = found.next_seq, found.next_row
         self._rewind_reader()
-
-    def _read_ledger(self) -> tuple[int, int] | None:
-        try:
-            return self._ledger.read(self._dir.fd)
-        except OSError as exc:  # a link planted in its place (ELOOP): never read through it
-            log.warning("spool %s: ignored the %s file: %s", self.directory, LEDGER_FILE,
-                        exc.strerror or exc)
-            return None
 
     def _open_segment(self, name: str, flags: int) -> int:
         if self._dir.fd < 0:  # never relative to the working directory
             raise OSError(errno.EBADF, f"spool {self.directory} is not open")
-        return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir.fd)
+        return open_segment(self._dir.fd, name, flags)
 
     def _unlink(self, name: str) -> None:
-        """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
-        raised: it must not undo the record just written, nor stop an acknowledgement."""
-        if self._dir.fd < 0:  # never relative to the working directory
-            return
-        try:
-            os.unlink(name, dir_fd=self._dir.fd)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.error("spool %s: cannot delete %s: %s", self.directory, name, exc.strerror or exc)
-
-    def _closed_facts(self, segment: Segment) -> tuple[int, float]:
-        """A closed segment's size and when its first record was accepted (its first intact
-        record's time, or 0 when none is intact)."""
-        fd = self._open_segment(segment.name, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            first = Reader(fd, len(FILE_MAGIC), size).next()
-            return size, first.accepted_at if first is not None else 0.0
-        finally:
-            os.close(fd)
-
-    def _scan_tail(self, segment: Segment) -> int:
-        """The newest segment: its records (by its last intact one), their rows, and its size,
-        with anything after that record cut off (a write torn by a power loss). Answers the
-        row number after its last record."""
-        fd = self._open_segment(segment.name, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < len(FILE_MAGIC):
-                os.ftruncate(fd, 0)
-                os.write(fd, FILE_MAGIC)
-                segment.size = len(FILE_MAGIC)
-                return segment.first_row
-            reader = Reader(fd, len(FILE_MAGIC), size)
-            counts = array("I")
-            last_seq, last_row, good_end, good = segment.first_seq - 1, segment.first_row, \
-                len(FILE_MAGIC), 0
-            while (found := reader.next()) is not None:
-                if found.seq <= last_seq:
-                    continue
-                fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
-                counts.append(found.rows)
-                if not segment.first_at:
-                    segment.first_at = found.accepted_at
-                last_seq, last_row, good_end, good = found.seq, found.end_row, reader.offset, good + 1
-            if good_end < size:
-                self._cut_tail(fd, segment, good_end, size, good)
-            segment.count = last_seq - segment.first_seq + 1
-            segment.size = good_end
-            segment.counts = counts if any(c != 1 for c in counts) else None
-            return last_row
-        finally:
-            os.close(fd)
-
-    def _cut_tail(self, fd: int, segment: Segment, good_end: int, size: int, good: int) -> None:
-        """Cut off what follows the newest segment's last intact record, and count it.
-
-        Every record starts with the sync marker, so those left in the cut bytes say how many
-        records they held; a tail zeroed by a power loss keeps none, and then its size over the
-        segment's mean record size is the estimate. Either way at least one record, counted as
-        one row each (their row counts went with them).
-        """
-        tail = os.pread(fd, size - good_end, good_end)
-        mean = (good_end - len(FILE_MAGIC)) / good if good else HEADER.size + 256
-        zeros = len(tail) - len(tail.rstrip(b"\0"))  # pages a power loss left unwritten
-        lost = max(1, tail.count(SYNC) + round(zeros / mean))
-        os.ftruncate(fd, good_end)
-        os.fsync(fd)
-        self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of {len(tail)} "
-                            f"bytes cut off ({lost} record{'s' if lost != 1 else ''}"
-                            f"{', estimated from its zeroed bytes' if zeros >= mean else ''})")
+        delete(self._dir.fd, self.directory, name)
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
