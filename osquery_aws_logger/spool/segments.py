@@ -9,9 +9,11 @@ number is known without reading it. Pure apart from the descriptors it is given.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
+import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterable
@@ -19,13 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ..files import FILE_FLAGS, atomic_write
+from ..files import DIR_FLAGS, FILE_FLAGS, atomic_write
+from ..platform import fdatasync
+from .handle import DirectoryHandle
 from .ledger import Ledger
-from .record import FILE_MAGIC, KIND_MAX, encode_record
+from .record import FILE_MAGIC, KIND_MAX, Reader, encode_record, record_header
 
 log = logging.getLogger("osquery_aws_logger.spool")
 
 SEGMENT_SUFFIX: Final = ".seg"
+#: The errors of a full filesystem (or of a full quota).
+_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Past this size a record's header and payload are written with one writev, not joined
+#: first: a multi-MB line is not copied again on its way to disk.
+_JOIN_BELOW: Final = 64 << 10
 # The previous format (OQSPOOL2), read only to migrate it: no row numbers, no key field, and
 # the acknowledged position in a text file.
 _V2_MAGIC: Final = b"OQSPOOL2"
@@ -174,3 +183,289 @@ def migrate_previous_format(dir_fd: int, directory: Path, migrate: Migration,
     _unlink(dir_fd, _V2_ACKED)
     log.warning("spool %s: %d segment(s) of the previous format rewritten in this one",
                 directory, len(names))
+
+
+def child_spools(dir_fd: int, name: str) -> list[str] | None:
+    """The directories inside subdirectory `name` of a spool that hold segments, sorted (never
+    through a link); None when `name` is missing or cannot be opened."""
+    found: list[str] = []
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        for entry in sorted(os.listdir(fd)):
+            try:
+                child = os.open(entry, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # not a directory, a link, or unreadable: not a spool of ours
+            try:
+                if any(n.endswith(SEGMENT_SUFFIX) for n in os.listdir(child)):
+                    found.append(entry)
+            except OSError:
+                pass
+            finally:
+                os.close(child)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return found
+
+
+class Segments:
+    """The segment files of one spool, oldest first, and the numbers its next record takes.
+
+    Owns the file being written (a new one is begun at a sixteenth of each cap, and of the
+    filesystem), the bytes the files hold together, the rows of each record, and the deletion
+    of the oldest. The spool holds its lock around every call.
+    """
+
+    def __init__(self, directory: DirectoryHandle, *, make_room: Callable[[], bool]) -> None:
+        self._dir = directory
+        #: After a full disk: frees room if it can (False if nothing could go).
+        self._make_room = make_room
+        self.list: list[Segment] = []
+        self.bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
+        self.fd = -1  # the segment being written
+        self.dirty_since = 0.0  # its first write since its last fdatasync (0: none since)
+        self.next_seq = 1
+        self.next_row = 0
+        self.records_each = self.bytes_each = 0  # a segment is full at either
+
+    def restore(self, segments: list[Segment], size: int, next_seq: int, next_row: int) -> None:
+        """Take what recovery found on disk."""
+        self.list, self.bytes = segments, size
+        self.next_seq, self.next_row = next_seq, next_row
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def size(self, max_records: int, max_bytes: int) -> None:
+        """A segment holds a sixteenth of each cap, and of the filesystem: room comes back a
+        segment at a time, so on a small filesystem (a 2 MiB mount, a quota) a delivered
+        segment is never most of it while new lines wait behind it."""
+        self.records_each = max(1, min(4096, max_records // 16))
+        fs_bytes = self._dir.fs_bytes
+        room = max_bytes if not fs_bytes else min(max_bytes, fs_bytes)
+        self.bytes_each = max(64 << 10, min(16 << 20, room // 16))
+
+    def append(self, kind: int, data: bytes | memoryview, rows: int, key: bytes) -> None:
+        """Write the next record, of `rows` rows. Raises OSError (nothing is then kept)."""
+        now = time.time()
+        header = record_header(self.next_seq, self.next_row, rows, kind, key=key, data=data,
+                               accepted_at=now)
+        size = self._write(header + data if len(data) < _JOIN_BELOW else (header, data))
+        segment = self.list[-1]
+        if segment.counts is None and rows != 1:
+            segment.counts = array("I", [1]) * segment.count
+        if segment.counts is not None:
+            segment.counts.append(rows)
+        if not segment.count:
+            segment.first_at = now
+        segment.count += 1
+        segment.size += size
+        self.bytes += size
+        self.next_seq += 1
+        self.next_row += rows
+        if not self.dirty_since:
+            self.dirty_since = time.monotonic()
+
+    def _write(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
+        """Append one record (in one write, or one writev of header and payload); answer its
+        size."""
+        size = len(record) if isinstance(record, bytes) else len(record[0]) + len(record[1])
+        if self.fd < 0 or self.needs_roll():
+            try:
+                self.roll()
+            except OSError as exc:
+                if exc.errno not in _FULL or not self._make_room():
+                    raise
+                self.roll()
+        try:
+            self._write_record(record, size)
+        except OSError as exc:
+            if exc.errno not in _FULL or not self._make_room():  # make room, try once more
+                raise
+            if self.fd < 0:
+                self.roll()
+            self._write_record(record, size)
+        return size
+
+    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview], size: int) -> None:
+        written = os.write(self.fd, record) if isinstance(record, bytes) else \
+            os.writev(self.fd, record)
+        if written != size:
+            # A short write (the disk filled mid-record): cut it off, so the file stays whole.
+            os.ftruncate(self.fd, self.list[-1].size)
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
+
+    def needs_roll(self) -> bool:
+        segment = self.list[-1]
+        return segment.count >= self.records_each or segment.size >= self.bytes_each
+
+    def roll(self) -> None:
+        if self.fd >= 0:
+            # A closed segment's record count is read from the names at start: make it durable.
+            with contextlib.suppress(OSError):
+                fdatasync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if self.list and self.list[-1].end_seq == self.next_seq and not self.needs_roll():
+            # The segment being written, after its descriptor was let go: go on in it.
+            self.fd = self.open(self.list[-1].name, os.O_WRONLY | os.O_APPEND)
+            return
+        segment = Segment(self.next_seq, self.next_row)
+        fd = self.open(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        try:
+            if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        except OSError:
+            os.close(fd)
+            self.delete(segment.name)
+            raise
+        segment.size = len(FILE_MAGIC)
+        self.list.append(segment)
+        self.bytes += segment.size
+        self.fd = fd
+
+    def due_sync(self, now: float, interval: float, *, force: bool) -> int:
+        """A descriptor of the segment being written, to fdatasync outside the lock, if it was
+        written `interval` seconds ago or more (or `force`) and not synced since; else -1."""
+        if not self.dirty_since or self.fd < 0:
+            return -1
+        if not force and now - self.dirty_since < interval:
+            return -1
+        fd = os.dup(self.fd)
+        self.dirty_since = 0.0
+        return fd
+
+    # -- closing and deleting -------------------------------------------------------------------
+
+    def close_file(self) -> None:
+        """Close the segment being written (the next line opens it again, or a new one)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def let_go(self) -> None:
+        """Close the segment being written, synced first (the spool lets its descriptors go)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                fdatasync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            self.dirty_since = 0.0
+
+    def clear(self) -> None:
+        """Forget every segment (the directory is no longer open; nothing is deleted)."""
+        self.list.clear()
+        self.bytes = 0
+
+    def lose(self) -> None:
+        """The directory was removed while in use: forget its segments and the file being
+        written (gone with it)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        self.clear()
+
+    def forget_oldest(self) -> None:
+        oldest = self.list.pop(0)
+        self.bytes -= oldest.size
+        self.delete(oldest.name)
+
+    def forget_all(self) -> None:
+        """Delete every segment (nothing in them waits): the next line begins a new one."""
+        self.close_file()
+        while self.list:
+            self.forget_oldest()
+
+    def forget_through(self, seq: int) -> None:
+        """Delete the segments whose records are all numbered `seq` or below."""
+        while self.list:
+            segment = self.list[0]
+            if segment.end_seq - 1 > seq:
+                break
+            if segment is self.list[-1]:
+                # Keep writing into it; it is empty of waiting records and stays small.
+                if segment.size < self.bytes_each // 4:
+                    break
+                self.close_file()
+            self.forget_oldest()
+
+    def remove(self, segment: Segment, end_row: int) -> None:
+        """Forget a segment that cannot be read (its records are counted as lost by the
+        caller); numbering goes on after it even if it was the newest."""
+        if segment is self.list[-1] and self.fd >= 0:
+            os.close(self.fd)  # the next line starts a new segment
+            self.fd = -1
+        self.list.remove(segment)
+        self.bytes -= segment.size
+        if self.next_seq < segment.end_seq:
+            self.next_seq, self.next_row = segment.end_seq, end_row
+
+    def open(self, name: str, flags: int) -> int:
+        if self._dir.fd < 0:  # never relative to the working directory
+            raise OSError(errno.EBADF, f"spool {self._dir.path} is not open")
+        return open_segment(self._dir.fd, name, flags)
+
+    def delete(self, name: str) -> None:
+        delete(self._dir.fd, self._dir.path, name)
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def segment_of(self, seq: int) -> tuple[Segment | None, int]:
+        for index, segment in enumerate(self.list):
+            if seq < segment.end_seq:
+                return segment, index
+        return None, -1
+
+    def row_at(self, seq: int) -> int:
+        """The row number of record `seq` (of the next record, past the end)."""
+        if seq >= self.next_seq or not self.list:
+            return self.next_row
+        for index, segment in enumerate(self.list):
+            if seq >= segment.end_seq:
+                continue
+            if seq <= segment.first_seq:
+                return segment.first_row
+            if not segment.indexed:
+                self._index(segment, index)
+            if segment.counts is None:
+                return segment.first_row + (seq - segment.first_seq)
+            return segment.first_row + sum(segment.counts[:seq - segment.first_seq])
+        return self.next_row
+
+    def end_row(self, index: int) -> int:
+        """The row number after the last record of segment `index`."""
+        following = self.list[index + 1] if index + 1 < len(self.list) else None
+        return following.first_row if following is not None else self.next_row
+
+    def _index(self, segment: Segment, index: int) -> None:
+        """Learn the rows of each record of a segment found closed at start, from its headers."""
+        counts = array("I")
+        last_seq, last_row = segment.first_seq - 1, segment.first_row
+        try:
+            fd = self.open(segment.name, os.O_RDONLY)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                reader = Reader(fd, len(FILE_MAGIC), segment.size)
+                while (found := reader.next()) is not None:
+                    if found.seq <= last_seq or found.seq >= segment.end_seq:
+                        continue
+                    fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+                    counts.append(found.rows)
+                    last_seq, last_row = found.seq, found.end_row
+            finally:
+                os.close(fd)
+        fill_gap(counts, segment.end_seq - 1 - last_seq, self.end_row(index) - last_row)
+        segment.counts = counts if any(c != 1 for c in counts) else None
+        segment.indexed = True
+
+
+__all__ = ["SEGMENT_SUFFIX", "Migration", "Segment", "Segments", "child_spools", "delete",
+           "fill_gap", "migrate_previous_format", "open_segment", "plain", "segment_files",
+           "segment_name"]

@@ -34,11 +34,10 @@ import logging
 import os
 import threading
 import time
-from array import array
 from pathlib import Path
 from typing import Final
 
-from ..files import DIR_FLAGS, UnsafePath, atomic_write
+from ..files import UnsafePath, atomic_write
 from ..platform import fdatasync
 from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
@@ -51,16 +50,14 @@ from .record import (
     MAX_RECORD_BYTES,
     Reader,
     SpooledRecord,
-    record_header,
 )
 from .recovery import recover
 from .segments import (
     SEGMENT_SUFFIX,
     Migration,
     Segment,
-    delete,
-    fill_gap,
-    open_segment,
+    Segments,
+    child_spools,
     plain,
     segment_files,
     segment_name,
@@ -72,11 +69,7 @@ log = logging.getLogger("osquery_aws_logger.spool")
 REOPEN_SECONDS: Final = 10.0
 #: At most one line per this many seconds about failing writes.
 ERROR_LOG_SECONDS: Final = 10.0
-#: The errors of a full filesystem (or of a full quota).
-_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: Past this size a record's header and payload are written with one writev, not joined
-#: first: a multi-MB line is not copied again on its way to disk.
-_JOIN_BELOW: Final = 64 << 10
+
 
 class Spool:
     """A durable FIFO of one plugin's (or one routed destination's) records, written by the
@@ -99,14 +92,8 @@ class Spool:
         self._migrate = migrate
         self._group = group if group is not None else SpoolGroup()
         self._dir = DirectoryHandle(directory)
-        self._segment_records = self._segment_bytes = 0
-        self._size_segments()
-        self._segments: list[Segment] = []
-        self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
-        self._fd = -1
-        self._dirty_since = 0.0
-        self._next_seq = 1
-        self._next_row = 0
+        self._segments = Segments(self._dir, make_room=self._free_space)
+        self._segments.size(max_records, max_bytes)
         self._acked = 0
         self._acked_row = 0
         self._ledger = Ledger()
@@ -141,7 +128,7 @@ class Spool:
         """Set the spool up, or record why it cannot be (never raises)."""
         try:
             self._dir.open()
-            self._size_segments()
+            self._segments.size(self.max_records, self.max_bytes)
             self._recover()
         except (OSError, ValueError) as exc:
             self._unusable(exc)
@@ -153,7 +140,6 @@ class Spool:
     def _unusable(self, exc: Exception) -> None:
         self._dir.close()
         self._segments.clear()
-        self._bytes = 0
         reason = str(exc) if isinstance(exc, UnsafePath) else \
             f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
         problem = f"spool {self.directory} unusable: {reason}"
@@ -165,34 +151,25 @@ class Spool:
 
     def _recover(self) -> None:
         found = recover(self._dir.fd, self.directory, self._migrate, self._ledger,
-                        self._count_corrupt, numbered=(self._next_seq, self._next_row))
+                        self._count_corrupt, numbered=(self._segments.next_seq, self._segments.next_row))
         self._acked, self._acked_row = found.acked, found.acked_row
         self._ledger_written = (self._acked, self._acked_row)
-        self._segments, self._bytes = found.segments, found.bytes
-        self._next_seq, self._next_row = found.next_seq, found.next_row
+        self._segments.restore(found.segments, found.bytes, found.next_seq, found.next_row)
         self._rewind_reader()
-
-    def _open_segment(self, name: str, flags: int) -> int:
-        if self._dir.fd < 0:  # never relative to the working directory
-            raise OSError(errno.EBADF, f"spool {self.directory} is not open")
-        return open_segment(self._dir.fd, name, flags)
-
-    def _unlink(self, name: str) -> None:
-        delete(self._dir.fd, self.directory, name)
 
     def _rewind_reader(self) -> None:
         """Point the reader at the oldest record not yet delivered."""
         self._read_seq = max(self._acked + 1, self.dropped_below)
         self._read_pos = (0, 0)
-        for segment in self._segments:
+        for segment in self._segments.list:
             if segment.end_seq > self._read_seq:
                 if segment.first_seq >= self._read_seq:
                     self._read_seq = segment.first_seq
                     self._read_pos = (segment.first_seq, len(FILE_MAGIC))
-                self._read_row = self._row_at(self._read_seq)
+                self._read_row = self._segments.row_at(self._read_seq)
                 return
-        self._read_seq = self._next_seq
-        self._read_row = self._next_row
+        self._read_seq = self._segments.next_seq
+        self._read_row = self._segments.next_row
 
     @property
     def group(self) -> SpoolGroup:
@@ -214,31 +191,12 @@ class Spool:
     def children(self, name: str) -> list[str]:
         """The directories inside subdirectory `name` of the spool that hold segments, sorted
         (never through a link; none when it is missing or cannot be read)."""
-        found: list[str] = []
         with self.lock:
             if not self._usable():
-                return found
-            try:
-                fd = os.open(name, DIR_FLAGS, dir_fd=self._dir.fd)
-            except OSError:
-                return found
-            try:
-                for entry in sorted(os.listdir(fd)):
-                    try:
-                        child = os.open(entry, DIR_FLAGS, dir_fd=fd)
-                    except OSError:
-                        continue  # not a directory, a link, or unreadable: not a spool of ours
-                    try:
-                        if any(n.endswith(SEGMENT_SUFFIX) for n in os.listdir(child)):
-                            found.append(entry)
-                    except OSError:
-                        pass
-                    finally:
-                        os.close(child)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+                return []
+            found = child_spools(self._dir.fd, name)
+            if found is None:
+                return []
         self._after_use()
         return found
 
@@ -259,12 +217,7 @@ class Spool:
         self._group.closed(self)
 
     def _close_fds(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            self._dirty_since = 0.0
+        self._segments.let_go()
         self._dir.close()
 
     def _usable(self) -> bool:
@@ -286,62 +239,19 @@ class Spool:
 
     # -- rows -----------------------------------------------------------------------------------
 
-    def _row_at(self, seq: int) -> int:
-        """The row number of record `seq` (of the next record, past the end)."""
-        if seq >= self._next_seq or not self._segments:
-            return self._next_row
-        for index, segment in enumerate(self._segments):
-            if seq >= segment.end_seq:
-                continue
-            if seq <= segment.first_seq:
-                return segment.first_row
-            if not segment.indexed:
-                self._index(segment, index)
-            if segment.counts is None:
-                return segment.first_row + (seq - segment.first_seq)
-            return segment.first_row + sum(segment.counts[:seq - segment.first_seq])
-        return self._next_row
-
-    def _end_row(self, index: int) -> int:
-        following = self._segments[index + 1] if index + 1 < len(self._segments) else None
-        return following.first_row if following is not None else self._next_row
-
-    def _index(self, segment: Segment, index: int) -> None:
-        """Learn the rows of each record of a segment found closed at start, from its headers."""
-        counts = array("I")
-        last_seq, last_row = segment.first_seq - 1, segment.first_row
-        try:
-            fd = self._open_segment(segment.name, os.O_RDONLY)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                reader = Reader(fd, len(FILE_MAGIC), segment.size)
-                while (found := reader.next()) is not None:
-                    if found.seq <= last_seq or found.seq >= segment.end_seq:
-                        continue
-                    fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
-                    counts.append(found.rows)
-                    last_seq, last_row = found.seq, found.end_row
-            finally:
-                os.close(fd)
-        fill_gap(counts, segment.end_seq - 1 - last_seq, self._end_row(index) - last_row)
-        segment.counts = counts if any(c != 1 for c in counts) else None
-        segment.indexed = True
-
     def waiting_rows(self, *, read: bool = True) -> int:
         """Rows accepted and not yet delivered or given up (read or not). Without `read` no
         file is read for it (the socket loop's status table): where a segment found at start
         would have to be, the last figure taken is answered."""
         with self.lock:
-            if not self._segments:
+            if not self._segments.list:
                 return 0
             first = self._first_waiting()
-            segment, _ = self._segment_of(first)
+            segment, _ = self._segments.segment_of(first)
             if not read and segment is not None and not segment.indexed \
                     and first > segment.first_seq:
                 return self._waiting_rows
-            self._waiting_rows = max(0, self._next_row - self._row_at(first))
+            self._waiting_rows = max(0, self._segments.next_row - self._segments.row_at(first))
             return self._waiting_rows
 
     # -- the thrift side ----------------------------------------------------------------------
@@ -361,81 +271,31 @@ class Spool:
             if not self._usable():
                 self._on_drop("spool_error", rows)
                 return 0
-            now = time.time()
-            header = record_header(self._next_seq, self._next_row, rows, kind, key=encoded_key,
-                                   data=data, accepted_at=now)
             try:
-                size = self._write(header + data if len(data) < _JOIN_BELOW else (header, data))
+                self._segments.append(kind, data, rows, encoded_key)
             except OSError as exc:
                 self._write_failed(exc, rows)
                 return 0
-            segment = self._segments[-1]
-            if segment.counts is None and rows != 1:
-                segment.counts = array("I", [1]) * segment.count
-            if segment.counts is not None:
-                segment.counts.append(rows)
-            if not segment.count:
-                segment.first_at = now
-            segment.count += 1
-            segment.size += size
-            self._bytes += size
-            self._next_seq += 1
-            self._next_row += rows
-            if not self._dirty_since:
-                self._dirty_since = time.monotonic()
             self._enforce_caps()
-            waiting = self._next_seq - self._read_seq
+            waiting = self._segments.next_seq - self._read_seq
         self._after_use()
         return waiting
-
-    def _write(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
-        """Append one record (in one write, or one writev of header and payload); answer its
-        size."""
-        size = len(record) if isinstance(record, bytes) else len(record[0]) + len(record[1])
-        if self._fd < 0 or self._needs_roll():
-            try:
-                self._roll()
-            except OSError as exc:
-                if exc.errno not in _FULL or not self._free_space():
-                    raise
-                self._roll()
-        try:
-            self._write_record(record, size)
-        except OSError as exc:
-            if exc.errno not in _FULL or not self._free_space():  # make room, try once more
-                raise
-            if self._fd < 0:
-                self._roll()
-            self._write_record(record, size)
-        return size
-
-    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview], size: int) -> None:
-        written = os.write(self._fd, record) if isinstance(record, bytes) else \
-            os.writev(self._fd, record)
-        if written != size:
-            # A short write (the disk filled mid-record): cut it off, so the file stays whole.
-            os.ftruncate(self._fd, self._segments[-1].size)
-            raise OSError(errno.ENOSPC, "No space left on device (short write)")
 
     def _free_space(self) -> bool:
         """Make room after a full disk: start over a spool whose every record is delivered
         (its one segment may fill a small filesystem), else give up the oldest waiting
         segment of any spool on this filesystem (counted). False if nothing could go."""
-        if self._segments and self._first_waiting() >= self._next_seq:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            while self._segments:
-                self._forget_segment()
+        if self._segments.list and self._first_waiting() >= self._segments.next_seq:
+            self._segments.forget_all()
             return True
         return self._group.free_oldest(self)
 
     def oldest_closed_segment_at(self) -> float | None:
         """When the first record of this spool's oldest waiting closed segment was accepted,
         if it has one that may go (the segment being written never does). Under the lock."""
-        if len(self._segments) < 2 or not self._waiting_records():
+        if len(self._segments.list) < 2 or not self._waiting_records():
             return None
-        return self._segments[0].first_at
+        return self._segments.list[0].first_at
 
     def locked_oldest_closed_segment_at(self) -> float | None:
         with self.lock:
@@ -446,10 +306,10 @@ class Spool:
         Under the lock."""
         if not self._usable():
             return 0, 0
-        oldest = self._segments[0]
+        oldest = self._segments.list[0]
         records = max(0, oldest.end_seq - self._first_waiting())
         self._drop_below(oldest.end_seq, reason)
-        self._forget_segment()
+        self._segments.forget_oldest()
         return oldest.size, records
 
     def locked_give_up_oldest_segment(self, reason: str) -> tuple[int, int]:
@@ -485,13 +345,8 @@ class Spool:
     def _lose_directory(self) -> None:
         """The directory was removed while in use: forget it and set it up again later
         (records that were in it are gone with it)."""
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        self._segments.lose()
         self._dir.close()
-        self._segments.clear()
-        self._bytes = 0
         self.problem = f"spool {self.directory} unusable: its directory was removed"
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
         log.error("%s; setting it up again in %.0fs", self.problem, REOPEN_SECONDS)
@@ -510,52 +365,13 @@ class Spool:
         self._after_use()
         return True
 
-    def _size_segments(self) -> None:
-        """A segment holds a sixteenth of each cap, and of the filesystem: room comes back a
-        segment at a time, so on a small filesystem (a 2 MiB mount, a quota) a delivered
-        segment is never most of it while new lines wait behind it."""
-        self._segment_records = max(1, min(4096, self.max_records // 16))
-        fs_bytes = self._dir.fs_bytes
-        room = self.max_bytes if not fs_bytes else min(self.max_bytes, fs_bytes)
-        self._segment_bytes = max(64 << 10, min(16 << 20, room // 16))
-
-    def _needs_roll(self) -> bool:
-        segment = self._segments[-1]
-        return segment.count >= self._segment_records or segment.size >= self._segment_bytes
-
-    def _roll(self) -> None:
-        if self._fd >= 0:
-            # A closed segment's record count is read from the names at start: make it durable.
-            with contextlib.suppress(OSError):
-                fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        if self._segments and self._segments[-1].end_seq == self._next_seq and \
-                not self._needs_roll():
-            # The segment being written, after its descriptor was let go: go on in it.
-            self._fd = self._open_segment(self._segments[-1].name, os.O_WRONLY | os.O_APPEND)
-            return
-        segment = Segment(self._next_seq, self._next_row)
-        fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-        try:
-            if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
-                raise OSError(errno.ENOSPC, "No space left on device (short write)")
-        except OSError:
-            os.close(fd)
-            self._unlink(segment.name)
-            raise
-        segment.size = len(FILE_MAGIC)
-        self._segments.append(segment)
-        self._bytes += segment.size
-        self._fd = fd
-
     def _first_waiting(self) -> int:
-        return max(self._acked + 1, self._segments[0].first_seq, self.dropped_below)
+        return max(self._acked + 1, self._segments.list[0].first_seq, self.dropped_below)
 
     def _waiting_records(self) -> int:
-        if not self._segments:
+        if not self._segments.list:
             return 0
-        return max(0, self._next_seq - self._first_waiting())
+        return max(0, self._segments.next_seq - self._first_waiting())
 
     def _drop_below(self, floor: int, reason: str) -> None:
         """Give up every waiting record numbered below `floor`, those the flusher already holds
@@ -567,8 +383,8 @@ class Spool:
         """
         start = max(self._first_waiting(), self._read_seq)
         if floor > start:
-            rows = self._row_at(floor) - (self._read_row if start == self._read_seq
-                                          else self._row_at(start))
+            rows = self._segments.row_at(floor) - (self._read_row if start == self._read_seq
+                                          else self._segments.row_at(start))
             if rows > 0:
                 self._on_drop(reason, rows)
         if floor > self.dropped_below:
@@ -576,39 +392,35 @@ class Spool:
         if floor - 1 > self._acked:
             # Given up is as good as delivered for a restart: never read back (it was counted).
             # The ledger is written at the flusher's next sync, not on the thrift side.
-            self._acked, self._acked_row = floor - 1, self._row_at(floor)
+            self._acked, self._acked_row = floor - 1, self._segments.row_at(floor)
         if self._read_seq < floor:
-            self._read_row = self._row_at(floor)
+            self._read_row = self._segments.row_at(floor)
             self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
 
     def _enforce_caps(self) -> None:
-        if not self._segments:
+        if not self._segments.list:
             return
         # The record cap keeps exactly the newest max_records.
         excess = self._waiting_records() - self.max_records
         if excess > 0:
             self._drop_below(self._first_waiting() + excess, "cap_records")
         # Bytes can only be given back a whole file at a time: the oldest segments go.
-        while len(self._segments) > 1 and self._bytes > self.max_bytes:
-            self._drop_below(self._segments[0].end_seq, "cap_bytes")
-            self._forget_segment()
+        while len(self._segments.list) > 1 and self._segments.bytes > self.max_bytes:
+            self._drop_below(self._segments.list[0].end_seq, "cap_bytes")
+            self._segments.forget_oldest()
         # Segments wholly below the floor hold nothing waiting: delete them.
-        while len(self._segments) > 1 and self._segments[0].end_seq <= self.dropped_below:
-            self._forget_segment()
-
-    def _forget_segment(self) -> None:
-        oldest = self._segments.pop(0)
-        self._bytes -= oldest.size
-        self._unlink(oldest.name)
+        while len(self._segments.list) > 1 and self._segments.list[0].end_seq <= self.dropped_below:
+            self._segments.forget_oldest()
 
     def set_caps(self, max_records: int, max_bytes: int) -> None:
         """New caps, in force at once: the oldest records past them are dropped and counted."""
         with self.lock:
             self.max_records, self.max_bytes = max_records, max_bytes
-            self._size_segments()
-            if self._usable() and self._fd >= 0 and self._segments and self._needs_roll():
+            self._segments.size(self.max_records, self.max_bytes)
+            segments = self._segments
+            if self._usable() and segments.fd >= 0 and segments.list and segments.needs_roll():
                 with contextlib.suppress(OSError):
-                    self._roll()  # so the old, larger segment can go whole
+                    self._segments.roll()  # so the old, larger segment can go whole
             self._enforce_caps()
         self._after_use()
 
@@ -621,18 +433,18 @@ class Spool:
         taken = 0
         while len(out) < max_records and taken < max_bytes:
             with self.lock:
-                if not self._usable() or self._read_seq >= self._next_seq:
+                if not self._usable() or self._read_seq >= self._segments.next_seq:
                     break
-                segment, index = self._segment_of(self._read_seq)
+                segment, index = self._segments.segment_of(self._read_seq)
                 if segment is None:
                     break
                 seq, row = self._read_seq, self._read_row
                 first, offset = self._read_pos
                 if first != segment.first_seq:
                     offset = len(FILE_MAGIC)  # from the start, skipping what is already read
-                ends = (segment.size, segment.end_seq, self._end_row(index))
+                ends = (segment.size, segment.end_seq, self._segments.end_row(index))
                 try:
-                    fd = self._open_segment(segment.name, os.O_RDONLY)
+                    fd = self._segments.open(segment.name, os.O_RDONLY)
                 except OSError as exc:
                     self._segment_gone(segment, index, seq, row, exc)
                     continue
@@ -693,18 +505,12 @@ class Spool:
                       exc: OSError) -> None:
         """A segment that cannot be opened (deleted by hand, a failing disk): its waiting
         records are counted as lost and the reader moves past it, so it never spins on it."""
-        end_row = self._end_row(index)
+        end_row = self._segments.end_row(index)
         self._lost(segment, (seq, row), (segment.end_seq, end_row),
                    f"{segment.name} could not be read ({exc.strerror or exc})")
-        if segment is self._segments[-1] and self._fd >= 0:
-            os.close(self._fd)  # the next line starts a new segment
-            self._fd = -1
-        self._segments.remove(segment)
-        self._bytes -= segment.size
+        self._segments.remove(segment, end_row)
         self._read_seq, self._read_row, self._read_pos = segment.end_seq, end_row, (0, 0)
         self.dropped_below = max(self.dropped_below, segment.end_seq)
-        if self._next_seq < segment.end_seq:
-            self._next_seq, self._next_row = segment.end_seq, end_row
 
     def _lost(self, segment: Segment, start: tuple[int, int], end: tuple[int, int],
               why: str = "") -> None:
@@ -725,12 +531,6 @@ class Spool:
             self._on_drop("corrupt", rows)
         log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
 
-    def _segment_of(self, seq: int) -> tuple[Segment | None, int]:
-        for index, segment in enumerate(self._segments):
-            if seq < segment.end_seq:
-                return segment, index
-        return None, -1
-
     def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None:
         """Bytes `start` to `end` of a record's payload, read again from its segment (a big
         line is read a call's worth at a time instead of held whole); None when the segment
@@ -739,7 +539,7 @@ class Spool:
             if not self._usable():
                 return None
             try:
-                fd = self._open_segment(record.segment, os.O_RDONLY)
+                fd = self._segments.open(record.segment, os.O_RDONLY)
             except OSError:
                 return None
         try:
@@ -759,20 +559,9 @@ class Spool:
         with self.lock:
             if through_seq <= self._acked or not self._usable():
                 return
-            self._acked_row = self._row_at(through_seq + 1)
+            self._acked_row = self._segments.row_at(through_seq + 1)
             self._acked = through_seq
-            while self._segments:
-                segment = self._segments[0]
-                if segment.end_seq - 1 > through_seq:
-                    break
-                if segment is self._segments[-1]:
-                    # Keep writing into it; it is empty of waiting records and stays small.
-                    if segment.size < self._segment_bytes // 4:
-                        break
-                    if self._fd >= 0:
-                        os.close(self._fd)
-                        self._fd = -1
-                self._forget_segment()
+            self._segments.forget_through(through_seq)
             self._write_ledger()
         self._after_use()
 
@@ -794,7 +583,7 @@ class Spool:
     def rewind(self) -> None:
         """Hand out again every record not yet acknowledged (after the flusher forgot a batch)."""
         with self.lock:
-            if self._segments:
+            if self._segments.list:
                 self._rewind_reader()
 
     def sync(self, *, force: bool = False) -> None:
@@ -810,12 +599,9 @@ class Spool:
                     self._open()
                 return
             self._write_ledger()
-            if not self._dirty_since or self._fd < 0:
+            fd = self._segments.due_sync(now, self.sync_interval, force=force)
+            if fd < 0:
                 return
-            if not force and now - self._dirty_since < self.sync_interval:
-                return
-            fd = os.dup(self._fd)
-            self._dirty_since = 0.0
         try:
             fdatasync(fd)
         except OSError as exc:
@@ -826,12 +612,12 @@ class Spool:
     def depth(self) -> tuple[int, int]:
         """Records waiting (in flight included) and the bytes their segments hold."""
         with self.lock:
-            return self._waiting_records(), self._bytes
+            return self._waiting_records(), self._segments.bytes
 
     def pending_unread(self) -> int:
         """Records written and not yet handed to the flusher."""
         with self.lock:
-            return max(0, self._next_seq - self._read_seq)
+            return max(0, self._segments.next_seq - self._read_seq)
 
     def oldest_accepted_at(self) -> float | None:
         """When the oldest waiting record was accepted, if any waits (the flusher's: it may
@@ -842,7 +628,7 @@ class Spool:
             seq = self._first_waiting()
             if self._oldest is not None and self._oldest[0] == seq:
                 return self._oldest[1]
-            segment, _ = self._segment_of(seq)
+            segment, _ = self._segments.segment_of(seq)
             if segment is None:
                 return None
             if seq == segment.first_seq and segment.first_at:
@@ -851,7 +637,7 @@ class Spool:
             if not self._usable():
                 return None
             try:
-                fd = self._open_segment(segment.name, os.O_RDONLY)
+                fd = self._segments.open(segment.name, os.O_RDONLY)
             except OSError:
                 return None
             size = segment.size
