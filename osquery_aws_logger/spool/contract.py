@@ -19,10 +19,12 @@ class SpoolLike(Protocol):
     """What delivery needs of a spool: the on-disk `Spool`, or `MemorySpool` (its test double)."""
 
     directory: Path
-    dropped_below: int
-    dropped_reason: str
     problem: str
 
+    @property
+    def dropped_below(self) -> int: ...
+    @property
+    def dropped_reason(self) -> str: ...
     @property
     def group(self) -> SpoolGroup: ...
     def child(self, *parts: str, migrate: Migration = ...) -> SpoolLike: ...

@@ -30,6 +30,8 @@ from .record import FILE_MAGIC, KIND_MAX, Reader, encode_record, record_header
 log = logging.getLogger("osquery_aws_logger.spool")
 
 SEGMENT_SUFFIX: Final = ".seg"
+#: At most one line per this many seconds about failing writes.
+ERROR_LOG_SECONDS: Final = 10.0
 #: The errors of a full filesystem (or of a full quota).
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Past this size a record's header and payload are written with one writev, not joined
@@ -466,6 +468,47 @@ class Segments:
         segment.indexed = True
 
 
-__all__ = ["SEGMENT_SUFFIX", "Migration", "Segment", "Segments", "child_spools", "delete",
-           "fill_gap", "migrate_previous_format", "open_segment", "plain", "segment_files",
-           "segment_name"]
+class WriteErrors:
+    """Lines that could not be written to the segments: counted until the group next asks (its
+    sign of a full disk), and logged at most one line per `ERROR_LOG_SECONDS`."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._since_check = 0
+        self._logged_at = -ERROR_LOG_SECONDS
+        self._unlogged = 0
+
+    def failed(self, exc: OSError) -> None:
+        self._since_check += 1
+        now = time.monotonic()
+        if now - self._logged_at >= ERROR_LOG_SECONDS:
+            more = self._unlogged
+            self._logged_at, self._unlogged = now, 0
+            log.error("spool %s: cannot write a line, dropped (spool_error): %s%s",
+                      self._directory, exc.strerror or exc,
+                      f" ({more} more since the last such line)" if more else "")
+        else:
+            self._unlogged += 1
+
+    def take(self) -> int:
+        """The failures since the last call."""
+        failed, self._since_check = self._since_check, 0
+        return failed
+
+
+__all__ = [
+    "ERROR_LOG_SECONDS",
+    "SEGMENT_SUFFIX",
+    "Migration",
+    "Segment",
+    "Segments",
+    "WriteErrors",
+    "child_spools",
+    "delete",
+    "fill_gap",
+    "migrate_previous_format",
+    "open_segment",
+    "plain",
+    "segment_files",
+    "segment_name",
+]
