@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .group import SpoolGroup
+from .migration import Migration
 from .record import SpooledRecord
-from .segments import Migration
 
 #: Told of rows given up: (reason, rows).
 DropCallback = Callable[[str, int], None]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .contract import DropCallback
 from .group import SpoolGroup
+from .migration import Migration
 from .record import HEADER, MAX_RECORD_BYTES, SpooledRecord
-from .segments import Migration
 
 
 @dataclass

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ledger import LEDGER_FILE, Ledger
+from .migration import Migration, migrate_previous_format
 from .record import FILE_MAGIC, HEADER, SYNC, Reader
 from .segments import (
-    Migration,
     Segment,
     delete,
     fill_gap,
-    migrate_previous_format,
     open_segment,
     segment_files,
 )

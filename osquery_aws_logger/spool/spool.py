@@ -42,16 +42,15 @@ from .backlog import Backlog
 from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
 from .handle import DirectoryHandle
+from .migration import Migration, plain
 from .reading import Cursor, Damage, accepted_at
 from .record import KIND_RESULT, KIND_STATUS, MAX_RECORD_BYTES, SpooledRecord
 from .recovery import recover
 from .segments import (
     SEGMENT_SUFFIX,
-    Migration,
     Segments,
     WriteErrors,
     child_spools,
-    plain,
     segment_files,
     segment_name,
 )
