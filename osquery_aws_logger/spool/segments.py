@@ -219,12 +219,8 @@ class Segments:
         return segment.count >= self.records_each or segment.size >= self.bytes_each
 
     def roll(self) -> None:
-        if self.fd >= 0:
-            # A closed segment's record count is read from the names at start: make it durable.
-            with contextlib.suppress(OSError):
-                fdatasync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+        # A closed segment's record count is read from the names at start: make it durable.
+        self._close_synced()
         if self.list and self.list[-1].end_seq == self.next_seq and not self.needs_roll():
             # The segment being written, after its descriptor was let go: go on in it.
             self.fd = self.open(self.list[-1].name, os.O_WRONLY | os.O_APPEND)
@@ -264,12 +260,18 @@ class Segments:
 
     def let_go(self) -> None:
         """Close the segment being written, synced first (the spool lets its descriptors go)."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                fdatasync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+        if self._close_synced():
             self.dirty_since = 0.0
+
+    def _close_synced(self) -> bool:
+        """Close the segment being written, synced first; False when none was open."""
+        if self.fd < 0:
+            return False
+        with contextlib.suppress(OSError):
+            fdatasync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        return True
 
     def clear(self) -> None:
         """Forget every segment (the directory is no longer open; nothing is deleted)."""
