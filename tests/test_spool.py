@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import zlib
@@ -463,3 +464,24 @@ def test_the_state_file_is_written_only_through_the_spool_s_own_directory(tmp_pa
     spool = make(shared / "spool" / "kinesis")
     assert spool.problem and not spool.write_file("state.json", b"ours")
     assert (victim / "kinesis" / "state.json").read_text() == "theirs"
+
+
+def test_a_spool_whose_directory_was_removed_writes_its_ledger_again_once_set_up(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    drops: Counter[str] = Counter()
+    spool = make(path, drops)
+    spool.append(KIND_RESULT, b"a")
+    spool.ack(spool.read(10)[-1].seq)
+    shutil.rmtree(path)
+    spool.append(KIND_RESULT, b"b")  # into the open segment, gone with the directory
+    assert spool.read(10) == []  # its file cannot be opened: counted and read past
+    assert spool.append(KIND_RESULT, b"c") == 0 and "removed" in spool.problem
+    assert drops == Counter(corrupt=1, spool_error=1)
+    spool._reopen_at = 0.0  # the pause before setting it up again is over
+    spool.sync()
+    assert spool.problem == ""
+    spool.append(KIND_RESULT, b"d")
+    spool.ack(spool.read(10)[-1].seq)
+    spool.close()
+    assert make(path).read(10) == []  # delivered before the restart: not sent again

@@ -75,17 +75,23 @@ class Ledger:
         return best[1], best[2]
 
     def write(self, dir_fd: int, seq: int, row: int) -> None:
-        """Record the position. The first write makes the file whole (this needs room once);
+        """Record the position. The first write makes the file whole (this needs room once, and
+        again if the file has gone: its directory removed and made again, or deleted by hand);
         every later one overwrites a slot in place. Raises OSError (the caller retries)."""
         self.generation += 1
         slot = _encode(self.generation, seq, row)
-        if not self.exists:
+        fd = -1
+        if self.exists:
+            try:
+                fd = os.open(LEDGER_FILE, os.O_WRONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+            except FileNotFoundError:
+                self.exists = False
+        if fd < 0:
             body = bytearray(LEDGER_BYTES)
             body[_SLOTS[0]:_SLOTS[0] + len(slot)] = slot
             atomic_write(dir_fd, LEDGER_FILE, bytes(body), mode=0o600)
             self.exists = True
             return
-        fd = os.open(LEDGER_FILE, os.O_WRONLY | FILE_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePath(f"{LEDGER_FILE} is not a regular file")

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .contract import DropCallback
 from .group import SpoolGroup
+from .migration import Migration
 from .record import HEADER, MAX_RECORD_BYTES, SpooledRecord
-from .segments import Migration
-from .spool import DropCallback
 
 #: Let go of the slots of forgotten records once this many lead the arrays (and they are half).
 _COMPACT_AT: Final = 4096

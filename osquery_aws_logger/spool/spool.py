@@ -7,23 +7,22 @@ extension or a restart of osqueryd loses nothing; the flusher thread ``fdatasync
 being written at most ``sync_interval`` seconds (1 s) after a write, which bounds what a power
 loss can take. Delivery order is the file order, so no index is needed: records are numbered
 (``seq``) and so are the rows they hold (``row``); a segment file is named after the numbers of
-its first record (``<seq>-<row>.seg``), the ledger (``_ledger``) holds the last record
-delivered, and segments wholly delivered are deleted. The record format and its reader are in
-``_record``.
+its first record (``<seq>-<row>.seg``), the ledger holds the last record delivered, and
+segments wholly delivered are deleted.
 
-Counting is in rows: a batch-format line holds many. Whatever is given up is counted by the
-rows it held, read or not: past the record cap the oldest waiting records go; past the byte cap,
-or when the filesystem is nearly full, the oldest whole segment does (the oldest across every
-spool of the group on that filesystem, so two plugins share the room fairly); damage costs the
-records it touches (``corrupt``).
+Counting is in rows (a batch-format line holds many), and whatever is given up is counted:
+past the caps (`backlog`), for room on the filesystem (`group`), to damage (`reading`).
 
 Nothing here follows a symlink: the directory is opened with ``O_NOFOLLOW`` after its
 ancestors are checked as osquery checks extension paths, and every file is opened relative to
-that descriptor (``_safefs``). No spool problem raises into the thrift side or ends the
+that descriptor. No spool problem raises into the thrift side or ends the
 process: a spool that cannot be set up counts each line as dropped (``spool_error``), says
 why in ``problem``, and is set up again by the flusher's next ``sync`` after a pause. A spool
 that is not in use can let go of its descriptors (`release`) and takes them again when next
 used, so thousands of routed destinations fit a process limit of 1,024 descriptors.
+
+This module is the facade: it holds the lock, sets the spool up (again), and answers the thrift
+side, the flusher and the group from the parts (see the package's docstring).
 """
 
 from __future__ import annotations
@@ -34,33 +33,24 @@ import logging
 import os
 import threading
 import time
-from array import array
-from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
-from ..files import DIR_FLAGS, FILE_FLAGS, UnsafePath, atomic_write, open_directory, parent_problem
+from ..files import UnsafePath, atomic_write
 from ..platform import fdatasync
+from .backlog import Backlog
+from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
-from .ledger import LEDGER_FILE, Ledger
-from .record import (
-    FILE_MAGIC,
-    HEADER,
-    KIND_RESULT,
-    KIND_STATUS,
-    MAX_RECORD_BYTES,
-    SYNC,
-    Reader,
-    SpooledRecord,
-    record_header,
-)
+from .handle import DirectoryHandle
+from .migration import Migration, plain
+from .reading import Cursor, Damage, accepted_at
+from .record import KIND_RESULT, KIND_STATUS, MAX_RECORD_BYTES, SpooledRecord
+from .recovery import recover
 from .segments import (
     SEGMENT_SUFFIX,
-    Migration,
-    Segment,
-    fill_gap,
-    migrate_previous_format,
-    plain,
+    Segments,
+    WriteErrors,
+    child_spools,
     segment_files,
     segment_name,
 )
@@ -69,43 +59,6 @@ log = logging.getLogger("osquery_aws_logger.spool")
 
 #: Seconds between attempts to set up a spool that could not be (permissions, a bad path).
 REOPEN_SECONDS: Final = 10.0
-#: At most one line per this many seconds about failing writes.
-ERROR_LOG_SECONDS: Final = 10.0
-#: The errors of a full filesystem (or of a full quota).
-_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: Past this size a record's header and payload are written with one writev, not joined
-#: first: a multi-MB line is not copied again on its way to disk.
-_JOIN_BELOW: Final = 64 << 10
-
-DropCallback = Callable[[str, int], None]
-
-
-class SpoolLike(Protocol):
-    """What delivery needs of a spool: the on-disk `Spool`, or `MemorySpool` (its test double)."""
-
-    directory: Path
-    dropped_below: int
-    dropped_reason: str
-    problem: str
-
-    @property
-    def group(self) -> SpoolGroup: ...
-    def child(self, *parts: str, migrate: Migration = ...) -> SpoolLike: ...
-    def children(self, name: str) -> list[str]: ...
-    def append(self, kind: int, data: bytes | memoryview, *, rows: int = 1,
-               key: str = "") -> int: ...
-    def read(self, max_records: int, max_bytes: int = ...) -> list[SpooledRecord]: ...
-    def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None: ...
-    def ack(self, through_seq: int) -> None: ...
-    def rewind(self) -> None: ...
-    def depth(self) -> tuple[int, int]: ...
-    def waiting_rows(self, *, read: bool = ...) -> int: ...
-    def pending_unread(self) -> int: ...
-    def oldest_accepted_at(self) -> float | None: ...
-    def set_caps(self, max_records: int, max_bytes: int) -> None: ...
-    def sync(self, *, force: bool = ...) -> None: ...
-    def write_file(self, name: str, data: bytes, *, mode: int = ...) -> bool: ...
-    def close(self) -> None: ...
 
 
 class Spool:
@@ -113,6 +66,8 @@ class Spool:
     thrift side (or the router) and read by the flusher.
 
     ``append`` is the only method the thrift side calls; everything else belongs to the flusher.
+    Every part is used under ``lock``, but for the reading of segment files (`Cursor.read`,
+    `read_span`, `oldest_accepted_at`) and the flusher's ``fdatasync``.
     """
 
     def __init__(self, directory: Path, *, max_records: int, max_bytes: int,
@@ -128,64 +83,55 @@ class Spool:
         self._on_drop = on_drop
         self._migrate = migrate
         self._group = group if group is not None else SpoolGroup()
-        self._fs_bytes = 0  # the size of the filesystem the spool is on, once open
-        self._segment_records = self._segment_bytes = 0
-        self._size_segments()
-        self._segments: list[Segment] = []
-        self._bytes = 0  # sum of the segments' sizes, kept so the caps cost O(1) per append
-        self._dir_fd = -1
-        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory
-        self.device = -1
-        self._released = False
-        self._fd = -1
-        self._dirty_since = 0.0
-        self._next_seq = 1
-        self._next_row = 0
-        self._acked = 0
-        self._acked_row = 0
-        self._ledger = Ledger()
-        self._ledger_written = (0, 0)
-        self._read_seq = 1
-        self._read_row = 0
-        self._read_pos: tuple[int, int] = (0, 0)  # (segment first_seq, offset) of _read_seq
-        #: Records numbered below this were given up (a cap, a full disk), including any the
-        #: flusher had already read: it must not send them; it counts those, under this reason.
-        self.dropped_below = 0
-        self.dropped_reason = "cap_records"
-        #: Damage already counted: gaps below this (seq, row) are not counted again.
-        self._corrupt_counted_below = (0, 0)
+        self._dir = DirectoryHandle(directory)
+        self._segments = Segments(self._dir, make_room=self._free_space)
+        self._segments.size(max_records, max_bytes)
+        self._damage = Damage(directory, on_drop)
+        self._cursor = Cursor(self._segments, self._damage)
+        self._backlog = Backlog(directory, self._segments, self._cursor, on_drop)
         #: Why the spool cannot take lines now ("" when it can).
         self.problem = ""
         self._reopen_at = 0.0
-        self._error_logged_at = -ERROR_LOG_SECONDS
-        self._ledger_logged_at = -ERROR_LOG_SECONDS
-        self._errors_unlogged = 0
-        self._errors_since_check = 0
-        self._oldest: tuple[int, float] | None = None  # (seq, accepted_at) last looked up
+        self._write_errors = WriteErrors(directory)
         self._reopened = False  # descriptors taken again since the group last heard
-        self._waiting_rows = 0  # the last figure waiting_rows() took
         self._group.join(self)
         self._open()
-        if self._dir_fd >= 0:
+        if self._dir.fd >= 0:
             self._note_open()
+
+    @property
+    def dropped_below(self) -> int:
+        """Records numbered below this were given up (a cap, a full disk), including any the
+        flusher had already read: it must not send them; it counts those, under
+        `dropped_reason`."""
+        return self._cursor.dropped_below
+
+    @property
+    def dropped_reason(self) -> str:
+        return self._cursor.dropped_reason
+
+    @property
+    def group(self) -> SpoolGroup:
+        return self._group
+
+    @property
+    def device(self) -> int:
+        """The filesystem the spool is on (its room is shared with the group's others there)."""
+        return self._dir.device
 
     # -- set-up -------------------------------------------------------------------------------
 
     def _open(self) -> None:
         """Set the spool up, or record why it cannot be (never raises)."""
         try:
-            problem = parent_problem(self.directory)
-            if problem:
-                raise UnsafePath(problem)
-            self._dir_fd = open_directory(self.directory, create=True, mode=0o700)
-            info = os.fstat(self._dir_fd)
-            self._identity, self.device = (info.st_dev, info.st_ino), info.st_dev
-            with contextlib.suppress(OSError):
-                fs = os.statvfs(self._dir_fd)
-                self._fs_bytes = fs.f_blocks * fs.f_frsize
-            self._size_segments()
-            self._released = False
-            self._recover()
+            self._dir.open()
+            self._segments.size(self.max_records, self.max_bytes)
+            found = recover(self._dir.fd, self.directory, self._migrate, self._backlog.ledger,
+                            self._damage.count,
+                            numbered=(self._segments.next_seq, self._segments.next_row))
+            self._backlog.restore(found.acked, found.acked_row)
+            self._segments.restore(found.segments, found.bytes, found.next_seq, found.next_row)
+            self._backlog.rewind()
         except (OSError, ValueError) as exc:
             self._unusable(exc)
             return
@@ -194,11 +140,8 @@ class Spool:
         self.problem = ""
 
     def _unusable(self, exc: Exception) -> None:
-        if self._dir_fd >= 0:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+        self._dir.close()
         self._segments.clear()
-        self._bytes = 0
         reason = str(exc) if isinstance(exc, UnsafePath) else \
             f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
         problem = f"spool {self.directory} unusable: {reason}"
@@ -208,138 +151,14 @@ class Spool:
         self.problem = problem
         self._reopen_at = time.monotonic() + REOPEN_SECONDS
 
-    def _recover(self) -> None:
-        migrate_previous_format(self._dir_fd, self.directory, self._migrate, self._ledger)
-        position = self._read_ledger()
-        self._acked, self._acked_row = position or (0, 0)
-        self._ledger_written = (self._acked, self._acked_row)
-        files = segment_files(self._dir_fd)
-        self._segments, self._bytes = [], 0
-        for index, (first, first_row) in enumerate(files):
-            following = files[index + 1] if index + 1 < len(files) else None
-            segment = Segment(first, first_row)
-            if following is not None:
-                # Closed segments were fsynced when they rolled: their count follows from names.
-                segment.count = following[0] - first
-                segment.indexed = False
-                segment.size, segment.first_at = self._closed_facts(segment)
-            else:
-                self._next_row = self._scan_tail(segment)
-            if segment.end_seq - 1 <= self._acked:
-                self._unlink(segment.name)
-                continue
-            self._segments.append(segment)
-            self._bytes += segment.size
-        if self._segments:
-            self._next_seq = self._segments[-1].end_seq
-        self._next_seq = max(self._next_seq, self._acked + 1)
-        self._next_row = max(self._next_row, self._acked_row)
-        self._rewind_reader()
-
-    def _read_ledger(self) -> tuple[int, int] | None:
-        try:
-            return self._ledger.read(self._dir_fd)
-        except OSError as exc:  # a link planted in its place (ELOOP): never read through it
-            log.warning("spool %s: ignored the %s file: %s", self.directory, LEDGER_FILE,
-                        exc.strerror or exc)
-            return None
-
-    def _open_segment(self, name: str, flags: int) -> int:
-        if self._dir_fd < 0:  # never relative to the working directory
-            raise OSError(errno.EBADF, f"spool {self.directory} is not open")
-        return os.open(name, flags | FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
-
-    def _unlink(self, name: str) -> None:
-        """Delete a file of the spool; a failure (a read-only or failing disk) is logged, never
-        raised: it must not undo the record just written, nor stop an acknowledgement."""
-        if self._dir_fd < 0:  # never relative to the working directory
-            return
-        try:
-            os.unlink(name, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.error("spool %s: cannot delete %s: %s", self.directory, name, exc.strerror or exc)
-
-    def _closed_facts(self, segment: Segment) -> tuple[int, float]:
-        """A closed segment's size and when its first record was accepted (its first intact
-        record's time, or 0 when none is intact)."""
-        fd = self._open_segment(segment.name, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            first = Reader(fd, len(FILE_MAGIC), size).next()
-            return size, first.accepted_at if first is not None else 0.0
-        finally:
-            os.close(fd)
-
-    def _scan_tail(self, segment: Segment) -> int:
-        """The newest segment: its records (by its last intact one), their rows, and its size,
-        with anything after that record cut off (a write torn by a power loss). Answers the
-        row number after its last record."""
-        fd = self._open_segment(segment.name, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < len(FILE_MAGIC):
-                os.ftruncate(fd, 0)
-                os.write(fd, FILE_MAGIC)
-                segment.size = len(FILE_MAGIC)
-                return segment.first_row
-            reader = Reader(fd, len(FILE_MAGIC), size)
-            counts = array("I")
-            last_seq, last_row, good_end, good = segment.first_seq - 1, segment.first_row, \
-                len(FILE_MAGIC), 0
-            while (found := reader.next()) is not None:
-                if found.seq <= last_seq:
-                    continue
-                fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
-                counts.append(found.rows)
-                if not segment.first_at:
-                    segment.first_at = found.accepted_at
-                last_seq, last_row, good_end, good = found.seq, found.end_row, reader.offset, good + 1
-            if good_end < size:
-                self._cut_tail(fd, segment, good_end, size, good)
-            segment.count = last_seq - segment.first_seq + 1
-            segment.size = good_end
-            segment.counts = counts if any(c != 1 for c in counts) else None
-            return last_row
-        finally:
-            os.close(fd)
-
-    def _cut_tail(self, fd: int, segment: Segment, good_end: int, size: int, good: int) -> None:
-        """Cut off what follows the newest segment's last intact record, and count it.
-
-        Every record starts with the sync marker, so those left in the cut bytes say how many
-        records they held; a tail zeroed by a power loss keeps none, and then its size over the
-        segment's mean record size is the estimate. Either way at least one record, counted as
-        one row each (their row counts went with them).
-        """
-        tail = os.pread(fd, size - good_end, good_end)
-        mean = (good_end - len(FILE_MAGIC)) / good if good else HEADER.size + 256
-        zeros = len(tail) - len(tail.rstrip(b"\0"))  # pages a power loss left unwritten
-        lost = max(1, tail.count(SYNC) + round(zeros / mean))
-        os.ftruncate(fd, good_end)
-        os.fsync(fd)
-        self._count_corrupt(lost, f"{segment.name}: a torn or damaged tail of {len(tail)} "
-                            f"bytes cut off ({lost} record{'s' if lost != 1 else ''}"
-                            f"{', estimated from its zeroed bytes' if zeros >= mean else ''})")
-
-    def _rewind_reader(self) -> None:
-        """Point the reader at the oldest record not yet delivered."""
-        self._read_seq = max(self._acked + 1, self.dropped_below)
-        self._read_pos = (0, 0)
-        for segment in self._segments:
-            if segment.end_seq > self._read_seq:
-                if segment.first_seq >= self._read_seq:
-                    self._read_seq = segment.first_seq
-                    self._read_pos = (segment.first_seq, len(FILE_MAGIC))
-                self._read_row = self._row_at(self._read_seq)
-                return
-        self._read_seq = self._next_seq
-        self._read_row = self._next_row
-
-    @property
-    def group(self) -> SpoolGroup:
-        return self._group
+    def _lose_directory(self) -> None:
+        """The directory was removed while in use: forget it and set it up again later
+        (records that were in it are gone with it)."""
+        self._segments.lose()
+        self._dir.close()
+        self.problem = f"spool {self.directory} unusable: its directory was removed"
+        self._reopen_at = time.monotonic() + REOPEN_SECONDS
+        log.error("%s; setting it up again in %.0fs", self.problem, REOPEN_SECONDS)
 
     def child(self, *parts: str, migrate: Migration = plain) -> Spool:
         """The spool of a directory below this one (a routed destination's): the same caps,
@@ -352,33 +171,28 @@ class Spool:
     def children(self, name: str) -> list[str]:
         """The directories inside subdirectory `name` of the spool that hold segments, sorted
         (never through a link; none when it is missing or cannot be read)."""
-        found: list[str] = []
         with self.lock:
             if not self._usable():
-                return found
-            try:
-                fd = os.open(name, DIR_FLAGS, dir_fd=self._dir_fd)
-            except OSError:
-                return found
-            try:
-                for entry in sorted(os.listdir(fd)):
-                    try:
-                        child = os.open(entry, DIR_FLAGS, dir_fd=fd)
-                    except OSError:
-                        continue  # not a directory, a link, or unreadable: not a spool of ours
-                    try:
-                        if any(n.endswith(SEGMENT_SUFFIX) for n in os.listdir(child)):
-                            found.append(entry)
-                    except OSError:
-                        pass
-                    finally:
-                        os.close(child)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+                return []
+            found = child_spools(self._dir.fd, name)
+            if found is None:
+                return []
         self._after_use()
         return found
+
+    def write_file(self, name: str, data: bytes, *, mode: int = 0o600) -> bool:
+        """Replace a small file of the spool's own (state.json) through the spool's directory
+        descriptor: never through a link, never for a spool refused or not set up. Answers
+        whether it was written; a full disk only costs this update."""
+        with self.lock:
+            if not self._usable():
+                return False
+            try:
+                atomic_write(self._dir.fd, name, data, mode=mode)
+            except OSError:
+                return False
+        self._after_use()
+        return True
 
     # -- descriptors ----------------------------------------------------------------------------
 
@@ -390,44 +204,20 @@ class Spool:
         """Let go of the directory and segment descriptors until the spool is next used
         (only for a spool nobody appends to from the thrift side)."""
         with self.lock:
-            if not self.releasable or self._dir_fd < 0:
+            if not self.releasable or self._dir.fd < 0:
                 return
-            self._close_fds()
-            self._released = True
+            self._segments.let_go()
+            self._dir.release()
         self._group.closed(self)
-
-    def _close_fds(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            self._dirty_since = 0.0
-        if self._dir_fd >= 0:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
 
     def _usable(self) -> bool:
         """Whether the directory is open (reopened, if it was let go). Under the lock."""
-        if not self._released:
-            return self._dir_fd >= 0
-        try:
-            problem = parent_problem(self.directory)
-            if problem:
-                raise UnsafePath(problem)
-            fd = open_directory(self.directory, create=False, mode=0o700)
-        except (OSError, ValueError) as exc:
-            self._released = False
-            self._unusable(exc)
+        if not self._dir.released:
+            return self._dir.fd >= 0
+        problem = self._dir.take_again()
+        if problem is not None:
+            self._unusable(problem)
             return False
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != self._identity:
-            os.close(fd)
-            self._released = False
-            self._unusable(UnsafePath(f"{self.directory} was replaced by another directory"))
-            return False
-        self._dir_fd = fd
-        self._released = False
         self._reopened = True
         return True
 
@@ -436,66 +226,6 @@ class Spool:
         if self._reopened:
             self._reopened = False
             self._note_open()
-
-    # -- rows -----------------------------------------------------------------------------------
-
-    def _row_at(self, seq: int) -> int:
-        """The row number of record `seq` (of the next record, past the end)."""
-        if seq >= self._next_seq or not self._segments:
-            return self._next_row
-        for index, segment in enumerate(self._segments):
-            if seq >= segment.end_seq:
-                continue
-            if seq <= segment.first_seq:
-                return segment.first_row
-            if not segment.indexed:
-                self._index(segment, index)
-            if segment.counts is None:
-                return segment.first_row + (seq - segment.first_seq)
-            return segment.first_row + sum(segment.counts[:seq - segment.first_seq])
-        return self._next_row
-
-    def _end_row(self, index: int) -> int:
-        following = self._segments[index + 1] if index + 1 < len(self._segments) else None
-        return following.first_row if following is not None else self._next_row
-
-    def _index(self, segment: Segment, index: int) -> None:
-        """Learn the rows of each record of a segment found closed at start, from its headers."""
-        counts = array("I")
-        last_seq, last_row = segment.first_seq - 1, segment.first_row
-        try:
-            fd = self._open_segment(segment.name, os.O_RDONLY)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                reader = Reader(fd, len(FILE_MAGIC), segment.size)
-                while (found := reader.next()) is not None:
-                    if found.seq <= last_seq or found.seq >= segment.end_seq:
-                        continue
-                    fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
-                    counts.append(found.rows)
-                    last_seq, last_row = found.seq, found.end_row
-            finally:
-                os.close(fd)
-        fill_gap(counts, segment.end_seq - 1 - last_seq, self._end_row(index) - last_row)
-        segment.counts = counts if any(c != 1 for c in counts) else None
-        segment.indexed = True
-
-    def waiting_rows(self, *, read: bool = True) -> int:
-        """Rows accepted and not yet delivered or given up (read or not). Without `read` no
-        file is read for it (the socket loop's status table): where a segment found at start
-        would have to be, the last figure taken is answered."""
-        with self.lock:
-            if not self._segments:
-                return 0
-            first = self._first_waiting()
-            segment, _ = self._segment_of(first)
-            if not read and segment is not None and not segment.indexed \
-                    and first > segment.first_seq:
-                return self._waiting_rows
-            self._waiting_rows = max(0, self._next_row - self._row_at(first))
-            return self._waiting_rows
 
     # -- the thrift side ----------------------------------------------------------------------
 
@@ -514,81 +244,45 @@ class Spool:
             if not self._usable():
                 self._on_drop("spool_error", rows)
                 return 0
-            now = time.time()
-            header = record_header(self._next_seq, self._next_row, rows, kind, key=encoded_key,
-                                   data=data, accepted_at=now)
             try:
-                size = self._write(header + data if len(data) < _JOIN_BELOW else (header, data))
+                self._segments.append(kind, data, rows, encoded_key)
             except OSError as exc:
                 self._write_failed(exc, rows)
                 return 0
-            segment = self._segments[-1]
-            if segment.counts is None and rows != 1:
-                segment.counts = array("I", [1]) * segment.count
-            if segment.counts is not None:
-                segment.counts.append(rows)
-            if not segment.count:
-                segment.first_at = now
-            segment.count += 1
-            segment.size += size
-            self._bytes += size
-            self._next_seq += 1
-            self._next_row += rows
-            if not self._dirty_since:
-                self._dirty_since = time.monotonic()
-            self._enforce_caps()
-            waiting = self._next_seq - self._read_seq
+            self._backlog.enforce_caps(self.max_records, self.max_bytes)
+            waiting = self._segments.next_seq - self._cursor.seq
         self._after_use()
         return waiting
-
-    def _write(self, record: bytes | tuple[bytes, bytes | memoryview]) -> int:
-        """Append one record (in one write, or one writev of header and payload); answer its
-        size."""
-        size = len(record) if isinstance(record, bytes) else len(record[0]) + len(record[1])
-        if self._fd < 0 or self._needs_roll():
-            try:
-                self._roll()
-            except OSError as exc:
-                if exc.errno not in _FULL or not self._free_space():
-                    raise
-                self._roll()
-        try:
-            self._write_record(record, size)
-        except OSError as exc:
-            if exc.errno not in _FULL or not self._free_space():  # make room, try once more
-                raise
-            if self._fd < 0:
-                self._roll()
-            self._write_record(record, size)
-        return size
-
-    def _write_record(self, record: bytes | tuple[bytes, bytes | memoryview], size: int) -> None:
-        written = os.write(self._fd, record) if isinstance(record, bytes) else \
-            os.writev(self._fd, record)
-        if written != size:
-            # A short write (the disk filled mid-record): cut it off, so the file stays whole.
-            os.ftruncate(self._fd, self._segments[-1].size)
-            raise OSError(errno.ENOSPC, "No space left on device (short write)")
 
     def _free_space(self) -> bool:
         """Make room after a full disk: start over a spool whose every record is delivered
         (its one segment may fill a small filesystem), else give up the oldest waiting
         segment of any spool on this filesystem (counted). False if nothing could go."""
-        if self._segments and self._first_waiting() >= self._next_seq:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            while self._segments:
-                self._forget_segment()
+        if self._segments.list and self._backlog.first_waiting() >= self._segments.next_seq:
+            self._segments.forget_all()
             return True
         return self._group.free_oldest(self)
+
+    def _write_failed(self, exc: OSError, rows: int) -> None:
+        self._on_drop("spool_error", rows)
+        if exc.errno == errno.ENOENT and self._dir.fd >= 0 and not self._dir.present():
+            self._lose_directory()
+        self._write_errors.failed(exc)
+
+    # -- the group: shared room -----------------------------------------------------------------
+
+    def take_write_errors(self) -> int:
+        with self.lock:
+            return self._write_errors.take()
+
+    def statvfs(self) -> os.statvfs_result | None:
+        with self.lock:
+            return self._dir.statvfs()
 
     def oldest_closed_segment_at(self) -> float | None:
         """When the first record of this spool's oldest waiting closed segment was accepted,
         if it has one that may go (the segment being written never does). Under the lock."""
-        if len(self._segments) < 2 or not self._waiting_records():
-            return None
-        return self._segments[0].first_at
+        return self._backlog.oldest_closed_segment_at()
 
     def locked_oldest_closed_segment_at(self) -> float | None:
         with self.lock:
@@ -599,11 +293,7 @@ class Spool:
         Under the lock."""
         if not self._usable():
             return 0, 0
-        oldest = self._segments[0]
-        records = max(0, oldest.end_seq - self._first_waiting())
-        self._drop_below(oldest.end_seq, reason)
-        self._forget_segment()
-        return oldest.size, records
+        return self._backlog.give_up_oldest_segment(reason)
 
     def locked_give_up_oldest_segment(self, reason: str) -> tuple[int, int]:
         with self.lock:
@@ -611,170 +301,16 @@ class Spool:
                 return 0, 0
             return self.give_up_oldest_segment(reason)
 
-    def _write_failed(self, exc: OSError, rows: int) -> None:
-        self._on_drop("spool_error", rows)
-        self._errors_since_check += 1
-        if exc.errno == errno.ENOENT and self._dir_fd >= 0 and not self._directory_present():
-            self._lose_directory()
-        now = time.monotonic()
-        if now - self._error_logged_at >= ERROR_LOG_SECONDS:
-            more = self._errors_unlogged
-            self._error_logged_at, self._errors_unlogged = now, 0
-            log.error("spool %s: cannot write a line, dropped (spool_error): %s%s",
-                      self.directory, exc.strerror or exc,
-                      f" ({more} more since the last such line)" if more else "")
-        else:
-            self._errors_unlogged += 1
-
-    def take_write_errors(self) -> int:
-        with self.lock:
-            failed, self._errors_since_check = self._errors_since_check, 0
-            return failed
-
-    def statvfs(self) -> os.statvfs_result | None:
-        with self.lock:
-            if self._dir_fd < 0:
-                return None
-            try:
-                return os.statvfs(self._dir_fd)
-            except OSError:
-                return None
-
-    def _directory_present(self) -> bool:
-        """Whether the spool's directory is still where it was (not removed by hand)."""
-        try:
-            return os.fstat(self._dir_fd).st_nlink > 0
-        except OSError:
-            return False
-
-    def _lose_directory(self) -> None:
-        """The directory was removed while in use: forget it and set it up again later
-        (records that were in it are gone with it)."""
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        os.close(self._dir_fd)
-        self._dir_fd = -1
-        self._segments.clear()
-        self._bytes = 0
-        self.problem = f"spool {self.directory} unusable: its directory was removed"
-        self._reopen_at = time.monotonic() + REOPEN_SECONDS
-        log.error("%s; setting it up again in %.0fs", self.problem, REOPEN_SECONDS)
-
-    def write_file(self, name: str, data: bytes, *, mode: int = 0o600) -> bool:
-        """Replace a small file of the spool's own (state.json) through the spool's directory
-        descriptor: never through a link, never for a spool refused or not set up. Answers
-        whether it was written; a full disk only costs this update."""
-        with self.lock:
-            if not self._usable():
-                return False
-            try:
-                atomic_write(self._dir_fd, name, data, mode=mode)
-            except OSError:
-                return False
-        self._after_use()
-        return True
-
-    def _size_segments(self) -> None:
-        """A segment holds a sixteenth of each cap, and of the filesystem: room comes back a
-        segment at a time, so on a small filesystem (a 2 MiB mount, a quota) a delivered
-        segment is never most of it while new lines wait behind it."""
-        self._segment_records = max(1, min(4096, self.max_records // 16))
-        room = self.max_bytes if not self._fs_bytes else min(self.max_bytes, self._fs_bytes)
-        self._segment_bytes = max(64 << 10, min(16 << 20, room // 16))
-
-    def _needs_roll(self) -> bool:
-        segment = self._segments[-1]
-        return segment.count >= self._segment_records or segment.size >= self._segment_bytes
-
-    def _roll(self) -> None:
-        if self._fd >= 0:
-            # A closed segment's record count is read from the names at start: make it durable.
-            with contextlib.suppress(OSError):
-                fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        if self._segments and self._segments[-1].end_seq == self._next_seq and \
-                not self._needs_roll():
-            # The segment being written, after its descriptor was let go: go on in it.
-            self._fd = self._open_segment(self._segments[-1].name, os.O_WRONLY | os.O_APPEND)
-            return
-        segment = Segment(self._next_seq, self._next_row)
-        fd = self._open_segment(segment.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-        try:
-            if os.write(fd, FILE_MAGIC) != len(FILE_MAGIC):
-                raise OSError(errno.ENOSPC, "No space left on device (short write)")
-        except OSError:
-            os.close(fd)
-            self._unlink(segment.name)
-            raise
-        segment.size = len(FILE_MAGIC)
-        self._segments.append(segment)
-        self._bytes += segment.size
-        self._fd = fd
-
-    def _first_waiting(self) -> int:
-        return max(self._acked + 1, self._segments[0].first_seq, self.dropped_below)
-
-    def _waiting_records(self) -> int:
-        if not self._segments:
-            return 0
-        return max(0, self._next_seq - self._first_waiting())
-
-    def _drop_below(self, floor: int, reason: str) -> None:
-        """Give up every waiting record numbered below `floor`, those the flusher already holds
-        too (they are off disk, or soon will be: it must not send them).
-
-        Only the rows of records never handed out are counted here, under `reason`; the
-        flusher counts those it held and lets go of (`dropped_reason` says why), and none it
-        delivered first, so no row is counted both delivered and dropped.
-        """
-        start = max(self._first_waiting(), self._read_seq)
-        if floor > start:
-            rows = self._row_at(floor) - (self._read_row if start == self._read_seq
-                                          else self._row_at(start))
-            if rows > 0:
-                self._on_drop(reason, rows)
-        if floor > self.dropped_below:
-            self.dropped_below, self.dropped_reason = floor, reason
-        if floor - 1 > self._acked:
-            # Given up is as good as delivered for a restart: never read back (it was counted).
-            # The ledger is written at the flusher's next sync, not on the thrift side.
-            self._acked, self._acked_row = floor - 1, self._row_at(floor)
-        if self._read_seq < floor:
-            self._read_row = self._row_at(floor)
-            self._read_seq, self._read_pos = floor, (0, 0)  # position found by the next read
-
-    def _enforce_caps(self) -> None:
-        if not self._segments:
-            return
-        # The record cap keeps exactly the newest max_records.
-        excess = self._waiting_records() - self.max_records
-        if excess > 0:
-            self._drop_below(self._first_waiting() + excess, "cap_records")
-        # Bytes can only be given back a whole file at a time: the oldest segments go.
-        while len(self._segments) > 1 and self._bytes > self.max_bytes:
-            self._drop_below(self._segments[0].end_seq, "cap_bytes")
-            self._forget_segment()
-        # Segments wholly below the floor hold nothing waiting: delete them.
-        while len(self._segments) > 1 and self._segments[0].end_seq <= self.dropped_below:
-            self._forget_segment()
-
-    def _forget_segment(self) -> None:
-        oldest = self._segments.pop(0)
-        self._bytes -= oldest.size
-        self._unlink(oldest.name)
-
     def set_caps(self, max_records: int, max_bytes: int) -> None:
         """New caps, in force at once: the oldest records past them are dropped and counted."""
         with self.lock:
             self.max_records, self.max_bytes = max_records, max_bytes
-            self._size_segments()
-            if self._usable() and self._fd >= 0 and self._segments and self._needs_roll():
+            segments = self._segments
+            segments.size(max_records, max_bytes)
+            if self._usable() and segments.fd >= 0 and segments.list and segments.needs_roll():
                 with contextlib.suppress(OSError):
-                    self._roll()  # so the old, larger segment can go whole
-            self._enforce_caps()
+                    segments.roll()  # so the old, larger segment can go whole
+            self._backlog.enforce_caps(max_records, max_bytes)
         self._after_use()
 
     # -- the flusher side ---------------------------------------------------------------------
@@ -782,119 +318,9 @@ class Spool:
     def read(self, max_records: int, max_bytes: int = 1 << 62) -> list[SpooledRecord]:
         """The next records after those already handed out, oldest first: at most
         `max_records`, and no more once `max_bytes` of payload are read (at least one)."""
-        out: list[SpooledRecord] = []
-        taken = 0
-        while len(out) < max_records and taken < max_bytes:
-            with self.lock:
-                if not self._usable() or self._read_seq >= self._next_seq:
-                    break
-                segment, index = self._segment_of(self._read_seq)
-                if segment is None:
-                    break
-                seq, row = self._read_seq, self._read_row
-                first, offset = self._read_pos
-                if first != segment.first_seq:
-                    offset = len(FILE_MAGIC)  # from the start, skipping what is already read
-                ends = (segment.size, segment.end_seq, self._end_row(index))
-                try:
-                    fd = self._open_segment(segment.name, os.O_RDONLY)
-                except OSError as exc:
-                    self._segment_gone(segment, index, seq, row, exc)
-                    continue
-            try:
-                records, offset, next_seq, next_row = self._read_from(
-                    fd, segment, offset, ends, (seq, row), limit=max_records - len(out),
-                    max_bytes=max_bytes - taken)
-            finally:
-                os.close(fd)
-            with self.lock:
-                if self._read_seq != seq:
-                    continue  # a cap dropped (and counted) what we read: don't also deliver it
-                out.extend(records)
-                taken += sum(len(r.data) for r in records)
-                self._read_seq, self._read_row = next_seq, next_row
-                self._read_pos = (segment.first_seq, offset)
-                if not records and next_seq == seq:
-                    break
+        out = self._cursor.read(self.lock, self._usable, max_records, max_bytes)
         self._after_use()
         return out
-
-    def _read_from(self, fd: int, segment: Segment, offset: int, ends: tuple[int, int, int],
-                   start: tuple[int, int], *, limit: int, max_bytes: int
-                   ) -> tuple[list[SpooledRecord], int, int, int]:
-        """Records of `segment` from record `start` (seq, row) on, from byte `offset`, up to
-        the size, record count and end row `ends` it had under the lock; the offset, seq and
-        row after them. Records lost to damage are counted (their rows) and logged."""
-        end, end_seq, end_row = ends
-        reader = Reader(fd, offset, end, name=segment.name)
-        records: list[SpooledRecord] = []
-        taken = 0
-        expected, expected_row = start
-        while len(records) < limit and taken < max_bytes:
-            position = reader.offset
-            found = reader.next()
-            if found is None:
-                break
-            record_seq = found.seq
-            if record_seq < expected:
-                continue  # read before (a scan from the segment's start)
-            if record_seq >= end_seq:
-                reader.offset = position
-                break
-            if record_seq > expected:
-                self._lost(segment, (expected, expected_row), (record_seq, found.row))
-            records.append(found)
-            taken += len(found.data)
-            expected, expected_row = record_seq + 1, found.row + found.rows  # its end_row
-        else:
-            return records, reader.offset, expected, expected_row
-        if reader.offset >= end and expected < end_seq:
-            # Damage ran to the end of the segment: everything after the last good record.
-            self._lost(segment, (expected, expected_row), (end_seq, end_row))
-            expected, expected_row = end_seq, end_row
-        return records, reader.offset, expected, expected_row
-
-    def _segment_gone(self, segment: Segment, index: int, seq: int, row: int,
-                      exc: OSError) -> None:
-        """A segment that cannot be opened (deleted by hand, a failing disk): its waiting
-        records are counted as lost and the reader moves past it, so it never spins on it."""
-        end_row = self._end_row(index)
-        self._lost(segment, (seq, row), (segment.end_seq, end_row),
-                   f"{segment.name} could not be read ({exc.strerror or exc})")
-        if segment is self._segments[-1] and self._fd >= 0:
-            os.close(self._fd)  # the next line starts a new segment
-            self._fd = -1
-        self._segments.remove(segment)
-        self._bytes -= segment.size
-        self._read_seq, self._read_row, self._read_pos = segment.end_seq, end_row, (0, 0)
-        self.dropped_below = max(self.dropped_below, segment.end_seq)
-        if self._next_seq < segment.end_seq:
-            self._next_seq, self._next_row = segment.end_seq, end_row
-
-    def _lost(self, segment: Segment, start: tuple[int, int], end: tuple[int, int],
-              why: str = "") -> None:
-        """Records `start` to `end` (each a (seq, row)) are lost to damage: count their rows
-        (their records, where the rows cannot be told) once."""
-        start_seq, start_row = max(start, self._corrupt_counted_below)
-        end_seq, end_row = end
-        if end_seq <= start_seq:
-            return
-        self._corrupt_counted_below = end
-        rows = end_row - start_row if end_row >= start_row else end_seq - start_seq
-        self._count_corrupt(rows, why or f"{segment.name}: {end_seq - start_seq} damaged "
-                            f"records skipped (sequence numbers {start_seq} to {end_seq - 1}, "
-                            f"{rows} rows)")
-
-    def _count_corrupt(self, rows: int, message: str) -> None:
-        if rows:
-            self._on_drop("corrupt", rows)
-        log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
-
-    def _segment_of(self, seq: int) -> tuple[Segment | None, int]:
-        for index, segment in enumerate(self._segments):
-            if seq < segment.end_seq:
-                return segment, index
-        return None, -1
 
     def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None:
         """Bytes `start` to `end` of a record's payload, read again from its segment (a big
@@ -904,7 +330,7 @@ class Spool:
             if not self._usable():
                 return None
             try:
-                fd = self._open_segment(record.segment, os.O_RDONLY)
+                fd = self._segments.open(record.segment, os.O_RDONLY)
             except OSError:
                 return None
         try:
@@ -922,45 +348,17 @@ class Spool:
         wholly delivered are deleted whether or not it could be.
         """
         with self.lock:
-            if through_seq <= self._acked or not self._usable():
+            if through_seq <= self._backlog.acked or not self._usable():
                 return
-            self._acked_row = self._row_at(through_seq + 1)
-            self._acked = through_seq
-            while self._segments:
-                segment = self._segments[0]
-                if segment.end_seq - 1 > through_seq:
-                    break
-                if segment is self._segments[-1]:
-                    # Keep writing into it; it is empty of waiting records and stays small.
-                    if segment.size < self._segment_bytes // 4:
-                        break
-                    if self._fd >= 0:
-                        os.close(self._fd)
-                        self._fd = -1
-                self._forget_segment()
-            self._write_ledger()
+            self._backlog.ack(through_seq)
+            self._backlog.write_ledger(self._dir.fd)
         self._after_use()
-
-    def _write_ledger(self) -> None:
-        position = (self._acked, self._acked_row)
-        if position == self._ledger_written or self._dir_fd < 0:
-            return
-        try:
-            self._ledger.write(self._dir_fd, *position)
-            self._ledger_written = position
-        except OSError as exc:
-            now = time.monotonic()
-            if now - self._ledger_logged_at >= ERROR_LOG_SECONDS:
-                self._ledger_logged_at = now
-                log.error("spool %s: cannot write the %s (%s); trying again; a restart "
-                          "before it is written sends some delivered records again",
-                          self.directory, LEDGER_FILE, exc.strerror or exc)
 
     def rewind(self) -> None:
         """Hand out again every record not yet acknowledged (after the flusher forgot a batch)."""
         with self.lock:
-            if self._segments:
-                self._rewind_reader()
+            if self._segments.list:
+                self._backlog.rewind()
 
     def sync(self, *, force: bool = False) -> None:
         """The flusher's turn at the disk: make written records survive a power loss at most
@@ -968,19 +366,16 @@ class Spool:
         not be."""
         now = time.monotonic()
         with self.lock:
-            if self._released:
+            if self._dir.released:
                 return
-            if self._dir_fd < 0:
+            if self._dir.fd < 0:
                 if now >= self._reopen_at:
                     self._open()
                 return
-            self._write_ledger()
-            if not self._dirty_since or self._fd < 0:
+            self._backlog.write_ledger(self._dir.fd)
+            fd = self._segments.due_sync(now, self.sync_interval, force=force)
+            if fd < 0:
                 return
-            if not force and now - self._dirty_since < self.sync_interval:
-                return
-            fd = os.dup(self._fd)
-            self._dirty_since = 0.0
         try:
             fdatasync(fd)
         except OSError as exc:
@@ -988,56 +383,52 @@ class Spool:
         finally:
             os.close(fd)
 
+    # -- figures ----------------------------------------------------------------------------------
+
     def depth(self) -> tuple[int, int]:
         """Records waiting (in flight included) and the bytes their segments hold."""
         with self.lock:
-            return self._waiting_records(), self._bytes
+            return self._backlog.waiting_records(), self._segments.bytes
 
     def pending_unread(self) -> int:
         """Records written and not yet handed to the flusher."""
         with self.lock:
-            return max(0, self._next_seq - self._read_seq)
+            return max(0, self._segments.next_seq - self._cursor.seq)
+
+    def waiting_rows(self, *, read: bool = True) -> int:
+        """Rows accepted and not yet delivered or given up (read or not). Without `read` no
+        file is read for it (the socket loop's status table): where a segment found at start
+        would have to be, the last figure taken is answered."""
+        with self.lock:
+            return self._backlog.waiting_rows(read=read)
 
     def oldest_accepted_at(self) -> float | None:
         """When the oldest waiting record was accepted, if any waits (the flusher's: it may
         read a segment; the status table gets it from what the flusher publishes)."""
         with self.lock:
-            if self._waiting_records() <= 0:
-                return None
-            seq = self._first_waiting()
-            if self._oldest is not None and self._oldest[0] == seq:
-                return self._oldest[1]
-            segment, _ = self._segment_of(seq)
+            known, seq, segment = self._backlog.oldest_accepted_at()
             if segment is None:
-                return None
-            if seq == segment.first_seq and segment.first_at:
-                self._oldest = (seq, segment.first_at)
-                return segment.first_at
+                return known
             if not self._usable():
                 return None
             try:
-                fd = self._open_segment(segment.name, os.O_RDONLY)
+                fd = self._segments.open(segment.name, os.O_RDONLY)
             except OSError:
                 return None
             size = segment.size
         try:
-            reader = Reader(fd, len(FILE_MAGIC), size)
-            while (found := reader.next()) is not None:
-                if found.seq >= seq:
-                    self._oldest = (seq, found.accepted_at)
-                    return found.accepted_at
-            return None
+            return self._backlog.found_oldest(seq, accepted_at(fd, size, seq))
         finally:
             os.close(fd)
             self._after_use()
 
     def close(self) -> None:
         with self.lock:
-            if self._dir_fd >= 0:
+            if self._dir.fd >= 0:
                 with contextlib.suppress(OSError):
-                    self._write_ledger()
-            self._close_fds()
-            self._released = False
+                    self._backlog.write_ledger(self._dir.fd)
+            self._segments.let_go()
+            self._dir.close()
         self._group.leave(self)
 
 
