@@ -200,9 +200,12 @@ def test_lowering_a_cap_drops_the_oldest_at_once_and_counts_them(tmp_path: Path)
     accumulator, spool, counters = make(tmp_path, spool_cap=1_000_000)
     for i in range(3000):
         spool.append(KIND_RESULT, line(i))
-    accumulator.ready(0.0, draining=True)  # a batch read into memory
+    (batch,) = accumulator.ready(0.0, draining=True).batches  # a batch read into memory
+    accumulator.failed(batch, DeliveryError("InternalFailure", "x", retriable=True), 0.5)
     accumulator.apply(Settings(aws_kinesis_stream="main", buffered_log_max=64), 1.0)
-    assert spool.depth()[0] == 64 and counters.dropped["cap_records"] == 3000 - 64
+    assert spool.depth()[0] == 64
+    accumulator.ready(1.0)  # the rows it held below the new floor are let go of, counted
+    assert counters.dropped["cap_records"] == 3000 - 64
     assert deliver_all(accumulator) == list(range(3000 - 64, 3000)), "the newest are kept"
 
 

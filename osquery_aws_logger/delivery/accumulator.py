@@ -65,7 +65,17 @@ class Accumulator:
                             record_ids=settings.aws_logger_record_ids,
                             random_key=self.view.random_partition_key,
                             host_identifier=self.host_identifier, route=self.view.route)
-        self.destinations.configure(self.view, now)
+        self.destinations.configure(self.view, now, self.drops)
+
+    def _shaping(self) -> tuple[object, ...]:
+        """What decides how a line read is made into records and where they go: when any of it
+        changes, what was read is read again. Anything else (the period, caps, credentials,
+        endpoints) leaves what was read to go as it was made."""
+        view = self.view
+        return (self.limits, self._rules.results_as_events, self._rules.record_ids,
+                view.random_partition_key, view.many_rows_per_record, view.compression,
+                view.routes, view.status_stream, view.forwards_status, self.destinations.single,
+                None if self.destinations.single else view.stream)
 
     def _builder(self, key: str) -> Builder | None:
         return self.service.builder(self.view, key)
@@ -74,13 +84,16 @@ class Accumulator:
         return self.service.slot(self.view, key)
 
     def apply(self, settings: Settings, now: float) -> None:
-        """New settings: caps in force at once, everything read is read again and reshaped."""
+        """New settings: caps in force at once; what was read is read again and reshaped when
+        the new options make records differently or send them elsewhere (`_shaping`)."""
         for spool in self.destinations.spools():
             spool.set_caps(settings.buffered_log_max, settings.aws_logger_spool_max_bytes)
+        before = self._shaping()
         self._configure(settings, now)
         for health in self.destinations.health.values():
             health.backoff.succeeded()
-        self.recover(now)
+        if self._shaping() != before:
+            self.recover(now)
         for lane in self.destinations.lanes():
             lane.next_flush_at = min(lane.next_flush_at, now + self.view.period)
         self.destinations.prune()
@@ -89,7 +102,7 @@ class Accumulator:
         """After new settings or an unexpected error: forget everything read and read it again
         from the last acknowledgement (rows may go twice, none is lost)."""
         self.destinations.reset(self.drops)
-        self.destinations.configure(self.view, now)
+        self.destinations.configure(self.view, now, self.drops)
 
     # -- figures ------------------------------------------------------------------------------
 

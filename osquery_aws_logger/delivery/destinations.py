@@ -20,7 +20,7 @@ from pathlib import Path
 from ..settings import ServiceSettings
 from ..spool.spool import SpoolLike
 from .health import DropLog, Health
-from .lane import Lane
+from .lane import Lane, Ledger
 from .pacing import first_flush_delay
 from .router import (
     ROUTE_CHUNK_ROWS,
@@ -137,21 +137,29 @@ class Destinations:
                 else:
                     self.foreign.append(lane)
 
-    def configure(self, view: ServiceSettings, now: float) -> None:
+    def configure(self, view: ServiceSettings, now: float, drops: DropLog) -> None:
         """New options: a renamed (fixed) stream keeps its health, so its recovery is told; the
-        direct lanes follow the plugin's stream, or go when rows are routed."""
+        direct lanes follow the plugin's stream, or go when rows are routed. Where the plugin
+        goes from one destination to several (or back), what the lanes (or the intakes) read
+        is let go of and counted, and their credit passes to whoever reads the spool now, so
+        rows delivered (or routed) are neither sent again in full nor counted twice."""
         old = self.view
         if old is not None and view.stream != old.stream and old.stream in self.health \
                 and view.stream not in self.health:
             self.health[view.stream] = self.health.pop(old.stream)
         self.view = view
         if not self.single:
+            for lane, intake in zip(self.direct, self.intakes, strict=False):
+                drops.forgotten(*lane.reset())
+                _pass_credit(lane.ledger, intake.ledger)
             self.direct = []
             return
         if len(self.direct) != len(self.intakes):
             self.direct = [Lane(view.stream, intake.spool, routed=False,
                                 health=self.health_of(view.stream)) for intake in self.intakes]
-            for lane in self.direct:
+            for lane, intake in zip(self.direct, self.intakes, strict=True):
+                drops.forgotten(*intake.reset())
+                _pass_credit(intake.ledger, lane.ledger)
                 lane.next_flush_at = now + first_flush_delay(view.period)
         for lane in self.direct:
             lane.stream, lane.health = view.stream, self.health_of(view.stream)
@@ -159,11 +167,9 @@ class Destinations:
     def reset(self, drops: DropLog) -> None:
         """Forget everything read (counting what the spools gave up meanwhile), to read it again."""
         for lane in self.all_lanes():
-            drops.forgotten(*lane.forget_dropped())
-            lane.reset()
+            drops.forgotten(*lane.reset())
         for intake in self.intakes:
-            drops.forgotten(*intake.forget_dropped())
-            intake.reset()
+            drops.forgotten(*intake.reset())
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -182,9 +188,9 @@ class Destinations:
             if orphan.in_flight:
                 continue
             if orphan.pending or orphan.sources or orphan.open:
-                drops.forgotten(*orphan.forget_dropped())
-                orphan.reset()  # what it held is read again, to be routed
-            moved += self.router.reroute(orphan.spool, rules, ROUTE_CHUNK_ROWS - moved)
+                drops.forgotten(*orphan.reset())  # what it held is read again, to be routed
+            moved += self.router.reroute(orphan.spool, rules, ROUTE_CHUNK_ROWS - moved,
+                                         orphan.ledger)
         return moved, made
 
     def more_to_route(self) -> bool:
@@ -234,6 +240,14 @@ class Destinations:
             drops.forgotten(*intake.forget_dropped())
         for spool in self.spools():
             spool.close()
+
+
+def _pass_credit(source: Ledger, target: Ledger) -> None:
+    """What was counted of a spool's lines, from the reader that let go of it to the next."""
+    for seq, rows in source.credit.items():
+        target.credit[seq] = max(target.credit.get(seq, 0), rows)
+    source.credit.clear()
+    target.floor = max(target.floor, source.floor)
 
 
 __all__ = ["Destinations"]

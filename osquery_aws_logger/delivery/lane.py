@@ -39,21 +39,52 @@ READ_RECORDS: Final = 500
 
 class Ledger:
     """Acknowledgement bookkeeping of one spool: the lines read, in spool order, and which of
-    them are finished. A line absent from `parts` and not finished has one row unfinished."""
+    them are finished (every row delivered, routed or dropped). A line absent from `parts` and
+    not finished has one row unfinished.
+
+    Across a rewind it keeps `credit`: the rows of each line, not yet acknowledged, whose
+    outcome was already counted. Reading such a line again, a line wholly counted is finished
+    at once (not sent again), and the first rows of a partly counted one to finish again are
+    not counted again (`fresh`): delivered + dropped stays equal to accepted whatever is read
+    twice."""
 
     def __init__(self) -> None:
         self.outstanding: deque[int] = deque()
         self.finished: set[int] = set()
         self.parts: dict[int, int] = {}
+        self.totals: dict[int, int] = {}  # rows of each outstanding line of more than one row
+        self.credit: dict[int, int] = {}
         self.floor = 0  # the spool's dropped_below last acted on
 
-    def expect(self, seq: int, rows: int) -> None:
-        """Line `seq` was read: it is finished when `rows` rows are."""
+    def expect(self, seq: int, rows: int) -> bool:
+        """Line `seq` was read: it is finished when `rows` rows are. Answers False for a line
+        whose every row was counted before a rewind: finished now, not to be sent again."""
         self.outstanding.append(seq)
+        if self.credit and self.credit.get(seq, 0) >= max(rows, 1):
+            del self.credit[seq]
+            self.finished.add(seq)
+            return False
         if rows <= 0:
             self.finished.add(seq)
         elif rows > 1:
-            self.parts[seq] = rows
+            self.parts[seq] = self.totals[seq] = rows
+        return True
+
+    def fresh(self, seq: int, rows: int) -> int:
+        """Of `rows` rows of line `seq` finishing now, how many were not counted before a
+        rewind (to be counted now); the rest use up the line's credit."""
+        credit = self.credit
+        if not credit:
+            return rows
+        held = credit.get(seq, 0)
+        if not held:
+            return rows
+        used = min(held, rows)
+        if held > used:
+            credit[seq] = held - used
+        else:
+            del credit[seq]
+        return rows - used
 
     def finish(self, seqs: Iterable[int]) -> None:
         """One row finished per sequence number given (a line's rows share its number)."""
@@ -68,11 +99,12 @@ class Ledger:
     def correct(self, seq: int, rows: int) -> None:
         """Line `seq`, read and not yet finished in part, holds `rows` rows after all."""
         self.parts.pop(seq, None)
+        self.totals.pop(seq, None)
         self.finished.discard(seq)
         if rows <= 0:
             self.finished.add(seq)
         elif rows > 1:
-            self.parts[seq] = rows
+            self.parts[seq] = self.totals[seq] = rows
 
     def finish_rows(self, seq: int, rows: int) -> None:
         if rows > 0:
@@ -83,13 +115,34 @@ class Ledger:
         while self.outstanding and self.outstanding[0] in self.finished:
             last = self.outstanding.popleft()
             self.finished.discard(last)
+            self.totals.pop(last, None)
         if last:
             spool.ack(last)
 
-    def reset(self) -> None:
+    def rewound(self, floor: int) -> None:
+        """The spool was rewound to its first unacknowledged line, nothing below `floor`
+        handed out again: forget what was read, and keep as credit what of the lines to be read
+        again was counted (this reading's finished rows, and credit not yet used up)."""
+        credit = {seq: rows for seq, rows in self.credit.items() if seq >= floor}
+        for seq in self.outstanding:
+            if seq < floor:
+                continue
+            total = self.totals.get(seq, 1)
+            done = total if seq in self.finished else total - self.parts.get(seq, 1)
+            if done > 0:
+                credit[seq] = credit.get(seq, 0) + done
         self.outstanding.clear()
         self.finished.clear()
         self.parts.clear()
+        self.totals.clear()
+        self.credit = credit
+        self.floor = max(self.floor, floor)
+
+    def uncredit_below(self, floor: int) -> int:
+        """Credit of lines below `floor`: given up by the spool before they were read again,
+        and so counted dropped by the spool in full; answers the rows counted twice."""
+        gone = [seq for seq in self.credit if seq < floor]
+        return sum(self.credit.pop(seq) for seq in gone)
 
 
 class _Open:
@@ -133,17 +186,30 @@ class Lane:
         """Rows held and not yet delivered or dropped, plus records not yet read."""
         return self.pending_rows + sum(s.left for s in self.sources) + self.spool.pending_unread()
 
-    def reset(self) -> None:
-        """Forget what was read and read it again (new settings may key or pack it differently).
-        Rows delivered behind an undelivered one may go twice (at least once)."""
+    def reset(self) -> tuple[int, str]:
+        """Forget what was read and read it again (new settings may key, pack or route it
+        differently). Answers the rows it held that the spool gave up meanwhile, to be counted
+        dropped (the floor is read with the rewind, under the spool's lock: a cap dropping rows
+        from the other thread at that moment cannot slip between). Lines wholly delivered
+        behind an undelivered one are not sent again; rows of a line partly delivered may go
+        twice (at least once), and are counted once (`Ledger.credit`)."""
+        floor = self.spool.rewind()
+        fresh = self.ledger.fresh
+        given_up = sum(fresh(seq, 1) for entry in self.pending for seq in entry.seqs
+                       if seq < floor)
+        given_up += sum(fresh(seq, rows) for builder in self.open.values()
+                        for seq, rows, _ in builder.rows if seq < floor)
+        given_up += sum(fresh(source.seq, source.left) for source in self.sources
+                        if source.seq < floor)
+        given_up -= self.ledger.uncredit_below(floor)
         self.pending.clear()
         self.open.clear()
         self.sources.clear()
         self.pending_rows = self.pending_bytes = 0
         self.generation += 1
         self.in_flight = False
-        self.ledger.reset()
-        self.spool.rewind()
+        self.ledger.rewound(floor)
+        return given_up, self.spool.dropped_reason
 
     # -- filling ------------------------------------------------------------------------------
 
@@ -198,7 +264,8 @@ class Lane:
         records = self.spool.read(READ_RECORDS, max(1, limits.max_call_bytes - self.pending_bytes))
         expect, read_span, sources = self.ledger.expect, self.spool.read_span, self.sources
         for record in records:
-            expect(record.seq, record.rows)
+            if not expect(record.seq, record.rows):
+                continue  # wholly delivered (or dropped) before a rewind: not again
             if self.routed:
                 # A routed record is one finished row already shaped; its key travels with it.
                 source: LineRows | None = _Routed(record)
@@ -214,7 +281,7 @@ class Lane:
     def _line_dropped(self, seq: int, drop: Drop, reason: str, rows: int, detail: str) -> None:
         """`rows` of line `seq` given up: counted through `drop`, and finished in the ledger.
         (Bound per line with `partial`: made for every line, called only on a drop.)"""
-        drop(reason, rows, detail)
+        drop(reason, self.ledger.fresh(seq, rows), detail)
         self.ledger.finish_rows(seq, rows)
 
     def _add(self, seq: int, item: tuple[bytes, int, str], limits: ServiceLimits, drop: Drop, *,
@@ -295,14 +362,18 @@ class Lane:
             self.pending.popleft()
         failed = [entry for entry, code in zip(entries, codes, strict=True) if code]
         self.pending.extendleft(reversed(failed))
-        delivered = delivered_bytes = 0
-        finish = self.ledger.finish
+        delivered = released = released_bytes = 0
+        ledger = self.ledger
         for entry, code in zip(entries, codes, strict=True):
             if not code:
-                finish(entry.seqs)
-                delivered += len(entry.seqs)
-                delivered_bytes += len(entry.data)
-        self._release(delivered, delivered_bytes)
+                ledger.finish(entry.seqs)
+                rows = len(entry.seqs)
+                released += rows
+                released_bytes += len(entry.data)
+                # After a rewind, rows counted before are not counted again.
+                delivered += sum(ledger.fresh(seq, 1) for seq in entry.seqs) \
+                    if ledger.credit else rows
+        self._release(released, released_bytes)
         self.ledger.acknowledge(self.spool)
         return delivered, failed
 
@@ -311,26 +382,30 @@ class Lane:
         how many and why. The spool counts only those it never handed out; rows delivered first
         were counted delivered, and are not counted again."""
         floor = self.spool.dropped_below
-        if floor <= self.ledger.floor:
+        ledger = self.ledger
+        if floor <= ledger.floor:
             return 0, ""
-        self.ledger.floor = floor
+        ledger.floor = floor
+        fresh = ledger.fresh
         forgotten = 0
         for name, builder in list(self.open.items()):
             if builder.rows and builder.rows[-1][0] < floor:
                 del self.open[name]
-                self.ledger.finish(builder.seqs())
+                ledger.finish(builder.seqs())
                 self._release(builder.row_count, builder.row_bytes)
-                forgotten += builder.row_count
-        # Entries are in spool order: the dropped ones lead.
+                forgotten += sum(fresh(seq, rows) for seq, rows, _ in builder.rows)
+        # Entries are in spool order: the dropped ones lead. One that also holds rows above
+        # the floor (an aggregate) is sent: its rows below are delivered with it.
         while self.pending and self.pending[0].seqs and self.pending[0].seqs[-1] < floor:
             entry = self.pending.popleft()
-            self.ledger.finish(entry.seqs)
+            ledger.finish(entry.seqs)
             self._release(entry.rows, len(entry.data))
-            forgotten += entry.rows
+            forgotten += sum(fresh(seq, 1) for seq in entry.seqs)
         while self.sources and self.sources[0].seq < floor:
             source = self.sources.popleft()
-            self.ledger.finish_rows(source.seq, source.left)
-            forgotten += source.left
+            ledger.finish_rows(source.seq, source.left)
+            forgotten += fresh(source.seq, source.left)
+        forgotten -= ledger.uncredit_below(floor)
         return forgotten, self.spool.dropped_reason
 
     def wake_at(self, limits: ServiceLimits, now: float) -> float:

@@ -59,22 +59,30 @@ class Intake:
     ledger: Ledger = field(default_factory=Ledger)
     sources: deque[LineRows] = field(default_factory=deque)
 
-    def reset(self) -> None:
+    def reset(self) -> tuple[int, str]:
+        """Forget what was read and read it again (see Lane.reset): answers the rows it held
+        that the spool gave up meanwhile. Rows already routed are not routed again."""
+        floor = self.spool.rewind()
+        ledger = self.ledger
+        given_up = sum(ledger.fresh(source.seq, source.left) for source in self.sources
+                       if source.seq < floor) - ledger.uncredit_below(floor)
         self.sources.clear()
-        self.ledger.reset()
-        self.spool.rewind()
+        ledger.rewound(floor)
+        return given_up, self.spool.dropped_reason
 
     def forget_dropped(self) -> tuple[int, str]:
         """Let go of lines the spool gave up after they were read (see Lane.forget_dropped)."""
         floor = self.spool.dropped_below
-        if floor <= self.ledger.floor:
+        ledger = self.ledger
+        if floor <= ledger.floor:
             return 0, ""
-        self.ledger.floor = floor
+        ledger.floor = floor
         forgotten = 0
         while self.sources and self.sources[0].seq < floor:
             source = self.sources.popleft()
-            self.ledger.finish_rows(source.seq, source.left)
-            forgotten += source.left
+            ledger.finish_rows(source.seq, source.left)
+            forgotten += ledger.fresh(source.seq, source.left)
+        forgotten -= ledger.uncredit_below(floor)
         return forgotten, self.spool.dropped_reason
 
 
@@ -109,9 +117,10 @@ class Router:
                             f"{type(exc).__name__} while routing query {source.name or '?'}")
                     source.left = 0
                 for record, rows, key in taken:
-                    target = self._spool_for(source.stream)
-                    target.append(KIND_RESULT, record, rows=rows, key=key)
-                    touched[id(target)] = target
+                    if intake.ledger.fresh(source.seq, rows):  # else routed before a rewind
+                        target = self._spool_for(source.stream)
+                        target.append(KIND_RESULT, record, rows=rows, key=key)
+                        touched[id(target)] = target
                     intake.ledger.finish_rows(source.seq, rows)
                     budget_bytes -= len(record)
                 budget -= max(1, len(taken))
@@ -128,7 +137,8 @@ class Router:
     def _read(self, intake: Intake, rules: Rules, drop: Drop) -> bool:
         records = intake.spool.read(READ_RECORDS, ROUTE_CHUNK_BYTES)
         for record in records:
-            intake.ledger.expect(record.seq, record.rows)
+            if not intake.ledger.expect(record.seq, record.rows):
+                continue  # wholly routed (or dropped) before a rewind
             source = shape(record, rules, intake.spool.read_span,
                            _dropper(intake.ledger, record.seq, drop))
             if source is not None:
@@ -137,12 +147,15 @@ class Router:
                 intake.sources.append(source)
         return bool(records)
 
-    def reroute(self, orphan: SpoolLike, rules: Rules, budget: int) -> int:
+    def reroute(self, orphan: SpoolLike, rules: Rules, budget: int, ledger: Ledger) -> int:
         """Move up to `budget` rows of a destination no longer configured back through the
-        current routes; answer how many."""
+        current routes; answer how many. Records its lane delivered before it let go of them
+        (`ledger`'s credit: behind one not delivered, so not yet acknowledged) stay delivered."""
         records = orphan.read(min(budget, READ_RECORDS), ROUTE_CHUNK_BYTES)
         touched: dict[int, SpoolLike] = {}
         for record in records:
+            if not ledger.fresh(record.seq, max(1, record.rows)):
+                continue
             target = self._spool_for(_route_of(record.data, rules))
             target.append(record.kind, record.data, rows=record.rows, key=record.key)
             touched[id(target)] = target
@@ -186,7 +199,7 @@ def _route_of(row: bytes, rules: Rules) -> str:
 
 def _dropper(ledger: Ledger, seq: int, drop: Drop) -> Drop:
     def dropped(reason: str, rows: int, detail: str) -> None:
-        drop(reason, rows, detail)
+        drop(reason, ledger.fresh(seq, rows), detail)
         ledger.finish_rows(seq, rows)
     return dropped
 

@@ -160,8 +160,9 @@ class MemorySpool:
     def ack(self, through_seq: int) -> None:
         self._forget_below(through_seq + 1)
 
-    def rewind(self) -> None:
+    def rewind(self) -> int:
         self._read_seq = max(self._state.first_kept, self.dropped_below)
+        return self.dropped_below
 
     def depth(self) -> tuple[int, int]:
         state = self._state

@@ -354,11 +354,14 @@ class Spool:
             self._backlog.write_ledger(self._dir.fd)
         self._after_use()
 
-    def rewind(self) -> None:
-        """Hand out again every record not yet acknowledged (after the flusher forgot a batch)."""
+    def rewind(self) -> int:
+        """Hand out again every record not yet acknowledged (after the flusher forgot a batch);
+        answer the floor below which nothing is handed out (`dropped_below`), read under the
+        same lock: rows a reader held below it were given up, and are the reader's to count."""
         with self.lock:
             if self._segments.list:
                 self._backlog.rewind()
+            return self.dropped_below
 
     def sync(self, *, force: bool = False) -> None:
         """The flusher's turn at the disk: make written records survive a power loss at most
