@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from osquery_aws_logger.spool import ledger as ledger_module
 from osquery_aws_logger.spool.record import FILE_MAGIC, HEADER
 from osquery_aws_logger.spool.spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
 
@@ -485,3 +486,21 @@ def test_a_spool_whose_directory_was_removed_writes_its_ledger_again_once_set_up
     spool.ack(spool.read(10)[-1].seq)
     spool.close()
     assert make(path).read(10) == []  # delivered before the restart: not sent again
+
+
+def test_a_ledger_write_torn_right_after_the_file_is_made_leaves_the_first_position(
+        tmp_path: Path) -> None:
+    """The file's first write and the first write in place use different slots: tearing the
+    second (a crash mid-write) leaves the first whole (review finding: both went to slot 0)."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        written = ledger_module.Ledger()
+        written.write(fd, 10, 100)  # makes the file
+        torn_at = ledger_module._SLOTS[(written.generation + 1) % len(ledger_module._SLOTS)]
+        written.write(fd, 20, 200)  # in place, then torn: half its bytes garbage
+        with open(tmp_path / ledger_module.LEDGER_FILE, "r+b") as file:
+            file.seek(torn_at + 8)
+            file.write(b"\xff" * 16)
+        assert ledger_module.Ledger().read(fd) == (10, 100)
+    finally:
+        os.close(fd)

@@ -88,7 +88,10 @@ class Ledger:
                 self.exists = False
         if fd < 0:
             body = bytearray(LEDGER_BYTES)
-            body[_SLOTS[0]:_SLOTS[0] + len(slot)] = slot
+            # In the slot this generation's number picks, as in place: the next write goes to
+            # the other one, so a write torn by a crash always leaves the previous slot whole.
+            at = _SLOTS[self.generation % len(_SLOTS)]
+            body[at:at + len(slot)] = slot
             atomic_write(dir_fd, LEDGER_FILE, bytes(body), mode=0o600)
             self.exists = True
             return
