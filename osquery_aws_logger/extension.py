@@ -32,7 +32,6 @@ from .logs import note_settings
 from .ops.status import TABLE_NAME, StatusReport, StatusTable
 from .osquery.manager import (
     EXTENSION_NAME,
-    RESOURCE_ERRNOS,
     ManagerClient,
     describe_failure,
     manager_gone,
@@ -40,7 +39,7 @@ from .osquery.manager import (
 )
 from .osquery.plugins import Handler, LoggerPlugin
 from .osquery.server import Server
-from .platform import raise_descriptor_limit, tune_memory
+from .platform import RESOURCE_ERRNOS, raise_descriptor_limit, tune_memory
 from .settings import (
     ServiceSettings,
     Settings,

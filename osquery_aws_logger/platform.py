@@ -9,6 +9,7 @@ what else a macOS or Windows build would need.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -19,6 +20,9 @@ from typing import Any, Final
 log = logging.getLogger("osquery_aws_logger")
 
 #: glibc's mallopt parameter for the size from which allocations get their own mapping.
+#: Shortages of this process (out of descriptors or memory), not faults of what it was
+#: opening: whatever failed with one of these is there, and is tried again later.
+RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _M_MMAP_THRESHOLD: Final = -3
 
 

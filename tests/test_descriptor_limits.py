@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import resource
@@ -21,9 +22,15 @@ from pathlib import Path
 import pytest
 from thrift.transport import TTransport
 
+from osquery_aws_logger.counters import PluginCounters
+from osquery_aws_logger.delivery.accumulator import Accumulator
+from osquery_aws_logger.delivery.services import KINESIS
+from osquery_aws_logger.delivery.shaper import HOLD_BELOW
 from osquery_aws_logger.extension import ExtensionArgs, LoggerExtension
 from osquery_aws_logger.osquery.manager import ManagerClient, manager_gone
 from osquery_aws_logger.platform import raise_descriptor_limit
+from osquery_aws_logger.settings import Settings
+from osquery_aws_logger.spool import KIND_RESULT, Spool
 
 
 def failure(call: Callable[[], object]) -> BaseException:
@@ -207,3 +214,50 @@ def test_the_soft_limit_is_raised_to_the_hard_one_and_said_once(
     assert lines == [
         f"open file descriptors (RLIMIT_NOFILE): raised the soft limit from 256 to {hard}",
         f"open file descriptors (RLIMIT_NOFILE): soft limit {hard}, already the hard limit"]
+
+
+def test_a_spool_out_of_descriptors_reads_later_and_gives_nothing_up(tmp_path: Path) -> None:
+    """Review finding: a segment that could not be opened for EMFILE was counted as damage
+    (corrupt), taken off the spool and, its file left behind, sent again after a restart."""
+    drops: dict[str, int] = {}
+    spool = Spool(tmp_path / "k", max_records=10_000, max_bytes=1 << 30,
+                  on_drop=lambda reason, rows: drops.__setitem__(reason, drops.get(reason, 0) + rows))
+    for i in range(1000):
+        spool.append(KIND_RESULT, b'{"i":%d}' % i)
+    spool.release()  # its descriptors let go of, as the group does when short of them
+    with no_descriptor_left():
+        assert spool.read(500) == []
+    assert drops == {} and spool.depth()[0] == 1000
+    assert [r.seq for r in spool.read(2000)] == list(range(1, 1001))
+    spool.close()
+
+
+def test_a_big_line_read_again_out_of_descriptors_is_taken_later_whole(tmp_path: Path) -> None:
+    """A line bigger than the shaper holds is read a window at a time (read_span): EMFILE
+    there costs a turn, never the rest of the line (it was dropped as corrupt)."""
+    counters = PluginCounters()
+    spool = Spool(tmp_path / "k", max_records=10_000, max_bytes=1 << 30, on_drop=counters.drop)
+    rows = [{"pid": str(i), "path": "/usr/bin/" + "p" * 200} for i in range(30_000)]
+    line = json.dumps({"name": "q", "hostIdentifier": "h", "action": "snapshot",
+                       "snapshot": rows}).encode()
+    assert len(line) > HOLD_BELOW
+    spool.append(KIND_RESULT, line, rows=len(rows))
+    accumulator = Accumulator("aws_kinesis", KINESIS, spool, counters,
+                              Settings(aws_kinesis_stream="s", aws_logger_results_as_events=True),
+                              host_identifier="h")
+    delivered, now = 0, 0.0
+    for turn in range(400):
+        short = 1 <= turn < 80  # past the end of the first window read (about 45 calls in)
+        with no_descriptor_left() if short else contextlib.nullcontext():
+            if short:
+                spool.release()
+            ready = accumulator.ready(now, draining=True)
+        for batch in ready.batches:
+            accumulator.completed(batch, [None] * len(batch.entries), now)
+            delivered += batch.rows
+        now += 1.0
+        if not accumulator.waiting():
+            break
+    assert sum(counters.dropped.values()) == 0
+    assert delivered == counters.delivered == len(rows)
+    spool.close()

@@ -235,7 +235,7 @@ class Lane:
                 continue  # what was read may all have been dropped: read on
             source = sources[0]
             seq = source.seq
-            before = source.made
+            before, left = source.made, source.left
             room_rows = max_records - len(pending) - len(open_)
             room_bytes = max(1, max_call_bytes - self.pending_bytes)
             taken.clear()
@@ -256,6 +256,8 @@ class Lane:
             made += source.made - before
             if not source.left:
                 sources.popleft()
+            elif not taken and source.left == left:
+                break  # it could not be read now (out of descriptors): at a later turn
         return made
 
     def _read(self, rules: Rules, drop: Drop) -> bool:

@@ -107,7 +107,7 @@ class Router:
                         break
                     continue  # what was read may all have been dropped: read on
                 source = intake.sources[0]
-                before = source.made
+                before, left = source.made, source.left
                 dropper = _dropper(intake.ledger, source.seq, drop)
                 taken.clear()
                 try:
@@ -128,6 +128,8 @@ class Router:
                 made += source.made - before
                 if not source.left:
                     intake.sources.popleft()
+                elif not taken and source.left == left:
+                    break  # it could not be read now (out of descriptors): at a later turn
         for spool in touched.values():
             spool.sync(force=True)  # on disk there before the intake forgets them
         for intake in intakes:

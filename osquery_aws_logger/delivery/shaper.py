@@ -141,7 +141,10 @@ class _BatchRows(LineRows):
         while self.left and max_rows > 0 and taken_bytes < max_bytes \
                 and self._index < len(self._arrays):
             array = self._arrays[self._index]
-            window, base, final, fresh = self._window(array, max_bytes)
+            try:
+                window, base, final, fresh = self._window(array, max_bytes)
+            except OSError:  # out of descriptors or memory for now: the rest goes later
+                return
             if window is None:
                 raise Unshippable("corrupt", f"query {self.name or '?'}: its segment could "
                                   f"not be read again")

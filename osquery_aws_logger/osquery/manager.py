@@ -26,8 +26,6 @@ MIN_SDK_VERSION: Final = "1.8.0"
 CONFLICT_TEXT: Final = "conflicts with another item of the same name"
 #: A connection refused, or no socket (or no directory) where osqueryd's was: osqueryd is gone.
 GONE_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ENOTDIR})
-#: Shortages on this side of the connection: never taken for osqueryd gone.
-RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 def os_error_of(exc: BaseException) -> OSError | None:

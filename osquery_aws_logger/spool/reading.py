@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..platform import RESOURCE_ERRNOS
 from .contract import DropCallback
 from .record import FILE_MAGIC, Reader, SpooledRecord
 from .segments import Segment, Segments
 
 log = logging.getLogger("osquery_aws_logger.spool")
+
+#: At most one "could not open for now" line per this many seconds.
+SHORT_LOG_INTERVAL_SECONDS = 10.0
 
 
 class Damage:
@@ -26,7 +31,7 @@ class Damage:
     rows counted as dropped (``corrupt``) once, and logged."""
 
     def __init__(self, directory: Path, on_drop: DropCallback) -> None:
-        self._directory = directory
+        self.directory = directory
         self._on_drop = on_drop
         #: Damage already counted: gaps below this (seq, row) are not counted again.
         self._counted_below = (0, 0)
@@ -48,7 +53,7 @@ class Damage:
     def count(self, rows: int, message: str) -> None:
         if rows:
             self._on_drop("corrupt", rows)
-        log.error("spool %s: %s; counted as dropped (corrupt)", self._directory, message)
+        log.error("spool %s: %s; counted as dropped (corrupt)", self.directory, message)
 
 
 class Cursor:
@@ -65,6 +70,7 @@ class Cursor:
         #: flusher had already read: it must not send them; it counts those, under this reason.
         self.dropped_below = 0
         self.dropped_reason = "cap_records"
+        self._short_logged_at = -SHORT_LOG_INTERVAL_SECONDS
 
     def rewind(self, acked: int) -> None:
         """Point the reader at the oldest record not yet delivered (all up to `acked` are)."""
@@ -112,6 +118,11 @@ class Cursor:
                 try:
                     fd = segments.open(segment.name, os.O_RDONLY)
                 except OSError as exc:
+                    if exc.errno in RESOURCE_ERRNOS:
+                        # Out of descriptors or memory for now: the segment is there, and is
+                        # read at a later turn (never given up as damage for it).
+                        self._short(segment, exc)
+                        break
                     self._segment_gone(segment, index, seq, row, exc)
                     continue
             try:
@@ -165,6 +176,13 @@ class Cursor:
             self._damage.lost(segment, (expected, expected_row), (end_seq, end_row))
             expected, expected_row = end_seq, end_row
         return records, reader.offset, expected, expected_row
+
+    def _short(self, segment: Segment, exc: OSError) -> None:
+        now = time.monotonic()
+        if now >= self._short_logged_at + SHORT_LOG_INTERVAL_SECONDS:
+            self._short_logged_at = now
+            log.warning("spool %s: could not open %s for now (%s); read again later",
+                        self._damage.directory, segment.name, exc.strerror or exc)
 
     def _segment_gone(self, segment: Segment, index: int, seq: int, row: int,
                       exc: OSError) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from ..files import UnsafePath, atomic_write
-from ..platform import fdatasync
+from ..platform import RESOURCE_ERRNOS, fdatasync
 from .backlog import Backlog
 from .contract import DropCallback, SpoolLike
 from .group import SpoolGroup
@@ -325,17 +325,22 @@ class Spool:
     def read_span(self, record: SpooledRecord, start: int, end: int) -> bytes | None:
         """Bytes `start` to `end` of a record's payload, read again from its segment (a big
         line is read a call's worth at a time instead of held whole); None when the segment
-        has gone (a cap or a full disk gave it up: counted there)."""
+        has gone (a cap or a full disk gave it up: counted there). Raises OSError when this
+        process is out of descriptors or memory for now: the segment is there, read later."""
         with self.lock:
             if not self._usable():
                 return None
             try:
                 fd = self._segments.open(record.segment, os.O_RDONLY)
-            except OSError:
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    raise
                 return None
         try:
             return os.pread(fd, end - start, record.offset + start)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                raise
             return None
         finally:
             os.close(fd)
