@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from osquery_aws_logger.spool import ledger as ledger_module
 from osquery_aws_logger.spool.record import FILE_MAGIC, HEADER
+from osquery_aws_logger.spool.segments import Segments
 from osquery_aws_logger.spool.spool import KIND_RESULT, KIND_STATUS, SEGMENT_SUFFIX, Spool
 
 _LENGTH = struct.Struct("<I")  # a record's payload length, 8 bytes into its header
@@ -504,3 +505,24 @@ def test_a_ledger_write_torn_right_after_the_file_is_made_leaves_the_first_posit
         assert ledger_module.Ledger().read(fd) == (10, 100)
     finally:
         os.close(fd)
+
+
+def test_the_flusher_learns_the_rows_of_segments_found_at_start_before_a_cap_needs_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: the first cap drop against a segment found closed at start read that
+    whole segment under the spool's lock, from the thrift side's append. The flusher's sync
+    learns them first, one segment a turn, outside the lock."""
+    drops: Counter[str] = Counter()
+    spool = make(tmp_path / "s", drops, max_records=16 * 40)  # segments of 40 records
+    for i in range(400):
+        spool.append(KIND_RESULT, b'{"i":%d}' % i, rows=1 + i % 3)
+    spool.close()
+    spool = make(tmp_path / "s", drops, max_records=16 * 40)
+    for _ in range(20):
+        spool.sync()
+    monkeypatch.setattr(Segments, "_index", lambda *_: pytest.fail("read under the lock"))
+    spool.set_caps(100, 1 << 30)  # gives up 300 records inside closed segments
+    assert spool.depth()[0] <= 100 + 40 and drops["cap_records"] > 0
+    got = spool.read(1000)
+    assert [r.row for r in got] == [sum(1 + j % 3 for j in range(r.seq - 1)) for r in got]
+    spool.close()

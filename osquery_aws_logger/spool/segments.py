@@ -360,27 +360,35 @@ class Segments:
         return following.first_row if following is not None else self.next_row
 
     def _index(self, segment: Segment, index: int) -> None:
-        """Learn the rows of each record of a segment found closed at start, from its headers."""
-        counts = array("I")
-        last_seq, last_row = segment.first_seq - 1, segment.first_row
+        """Learn the rows of each record of a segment found closed at start, from its headers
+        (the flusher does this early, outside the lock: `Spool.sync`)."""
         try:
             fd = self.open(segment.name, os.O_RDONLY)
         except OSError:
             fd = -1
-        if fd >= 0:
-            try:
-                reader = Reader(fd, len(FILE_MAGIC), segment.size)
-                while (found := reader.next()) is not None:
-                    if found.seq <= last_seq or found.seq >= segment.end_seq:
-                        continue
-                    fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
-                    counts.append(found.rows)
-                    last_seq, last_row = found.seq, found.end_row
-            finally:
+        try:
+            segment.counts = record_rows(fd, segment, self.end_row(index))
+        finally:
+            if fd >= 0:
                 os.close(fd)
-        fill_gap(counts, segment.end_seq - 1 - last_seq, self.end_row(index) - last_row)
-        segment.counts = counts if any(c != 1 for c in counts) else None
         segment.indexed = True
+
+
+def record_rows(fd: int, segment: Segment, end_row: int) -> array[int] | None:
+    """The rows of each record of closed `segment` (file `fd`, -1 if it cannot be read: then
+    spread evenly), or None when every record holds one row."""
+    counts = array("I")
+    last_seq, last_row = segment.first_seq - 1, segment.first_row
+    if fd >= 0:
+        reader = Reader(fd, len(FILE_MAGIC), segment.size)
+        while (found := reader.next()) is not None:
+            if found.seq <= last_seq or found.seq >= segment.end_seq:
+                continue
+            fill_gap(counts, found.seq - last_seq - 1, found.row - last_row)
+            counts.append(found.rows)
+            last_seq, last_row = found.seq, found.end_row
+    fill_gap(counts, segment.end_seq - 1 - last_seq, end_row - last_row)
+    return counts if any(c != 1 for c in counts) else None
 
 
 class WriteErrors:

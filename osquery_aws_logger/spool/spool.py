@@ -51,6 +51,7 @@ from .segments import (
     Segments,
     WriteErrors,
     child_spools,
+    record_rows,
     segment_files,
     segment_name,
 )
@@ -92,6 +93,7 @@ class Spool:
         #: Why the spool cannot take lines now ("" when it can).
         self.problem = ""
         self._reopen_at = 0.0
+        self._all_indexed = False  # segments found closed at start, rows not yet learnt
         self._write_errors = WriteErrors(directory)
         self._reopened = False  # descriptors taken again since the group last heard
         self._group.join(self)
@@ -373,6 +375,7 @@ class Spool:
         `sync_interval` after the write, retry the ledger, and set up again a spool that could
         not be."""
         now = time.monotonic()
+        self._index_found()
         with self.lock:
             if self._dir.released:
                 return
@@ -390,6 +393,34 @@ class Spool:
             log.error("spool %s: fdatasync failed: %s", self.directory, exc.strerror or exc)
         finally:
             os.close(fd)
+
+    def _index_found(self) -> None:
+        """Learn the rows of each record of one segment found closed at start, reading it
+        outside the lock (one a turn). A cap giving up part of such a segment needs them: done
+        first here, the thrift side's append never reads a whole segment under the lock (about
+        30 ms for 4 MB) when a cap drops rows from it."""
+        if self._all_indexed:
+            return
+        with self.lock:
+            if self._dir.fd < 0:
+                return
+            found = [(i, s) for i, s in enumerate(self._segments.list) if not s.indexed]
+            if not found:
+                self._all_indexed = True
+                return
+            index, segment = found[0]
+            end_row = self._segments.end_row(index)
+            try:
+                fd = self._segments.open(segment.name, os.O_RDONLY)
+            except OSError:
+                return  # read at a later turn (or indexed where it is needed)
+        try:
+            counts = record_rows(fd, segment, end_row)
+        finally:
+            os.close(fd)
+        with self.lock:
+            if not segment.indexed and segment in self._segments.list:
+                segment.counts, segment.indexed = counts, True
 
     # -- figures ----------------------------------------------------------------------------------
 
