@@ -6,6 +6,7 @@ both: the loop depends on neither epoll nor Linux's accept."""
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import socket
 import tempfile
@@ -160,3 +161,41 @@ def test_big_messages_past_the_budget_wait_unread_and_are_answered_later(
         for sock in socks:
             sock.close()
     assert sorted(len(line) for _, line in recorder.lines) == sorted(len(b) for b in bodies)
+
+
+def test_a_message_paused_for_the_budget_is_not_charged_for_the_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a message paused past its 60 s (waiting for room) was closed as too
+    slow as soon as it was resumed: its wait was ours, and counts against neither deadline."""
+    directory = Path(tempfile.mkdtemp(prefix="oqs", dir="/tmp"))
+    serving = Server(str(directory / "ext.sock"), Recorder())
+    clock = [1000.0]
+    monkeypatch.setattr(_server.time, "monotonic", lambda: clock[0])
+    left, right = socket.socketpair()
+    fd = left.detach()  # the server's now: it closes it
+    try:
+        connection = _server._Connection(fd, clock[0])
+        connection.buffer = b"half a message"
+        serving._connections[fd] = connection
+        serving._selector.register(fd, selectors.EVENT_READ)
+        clock[0] += 10.0  # ten seconds into the message, the budget is full
+        serving._pause(connection)
+        clock[0] += 120.0  # others' big messages take two minutes
+        serving._buffered = 0
+        serving._resume_paused()
+        serving._sweep(clock[0])
+        assert connection.fd >= 0 and not connection.paused, "still being read"
+        clock[0] += serving.MESSAGE_SECONDS - 10.0  # its own time is up now
+        serving._sweep(clock[0])
+        assert connection.fd < 0, "closed once its own time is over"
+    finally:
+        serving._connections.clear()
+        with contextlib.suppress(Exception):
+            serving._selector.close()
+        serving._listener.close()
+        if connection.fd >= 0:
+            os.close(fd)
+        right.close()
+        for path in directory.iterdir():
+            path.unlink()
+        directory.rmdir()

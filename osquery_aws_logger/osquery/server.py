@@ -41,7 +41,8 @@ _WAITED: Final = (BlockingIOError, InterruptedError, TimeoutError)
 class _Connection:
     """One accepted connection: what it sent so far and what it is still owed."""
 
-    __slots__ = ("buffer", "fd", "last_progress", "outgoing", "paused", "scanner", "started")
+    __slots__ = ("buffer", "fd", "last_progress", "outgoing", "paused", "paused_at", "scanner",
+                 "started")
 
     def __init__(self, fd: int, now: float) -> None:
         self.fd = fd
@@ -51,6 +52,7 @@ class _Connection:
         self.started = now  # when the message being read began
         self.last_progress = now
         self.paused = False  # not read while big messages hold the memory budget
+        self.paused_at = 0.0
 
 
 class Server:
@@ -312,6 +314,7 @@ class Server:
 
     def _pause(self, connection: _Connection) -> None:
         connection.paused = True
+        connection.paused_at = time.monotonic()
         self._paused.add(connection)
         self._unwatch(connection.fd)
 
@@ -330,7 +333,9 @@ class Server:
         now = time.monotonic()
         for connection in resumed:
             connection.paused = False
-            connection.last_progress = now  # its wait was ours, not the peer's
+            # Its wait was ours, not the peer's: neither deadline counts it.
+            connection.last_progress = now
+            connection.started += now - connection.paused_at
             self._selector.register(connection.fd, _READ)
             self._paused.discard(connection)
 
