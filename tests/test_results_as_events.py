@@ -145,3 +145,18 @@ def test_end_to_end_both_services_ship_exactly_the_event_lines(
         for row in answer.response:
             assert row["accepted"] == str(len(runs))
             assert row["delivered"] == row["expanded_rows"] == str(len(expected))
+
+
+def test_odd_lines_neither_duplicate_a_key_nor_ship_values_json_lacks(tmp_path: Path) -> None:
+    """Review nits: a batch line with a top-level "columns" made events with "columns" twice;
+    a small line holding NaN (which Python's json reads) shipped a record that is not JSON."""
+    accumulator, spool, counters = make(tmp_path)
+    append_line(spool, '{"name":"q","columns":{"stale":"1"},"action":"snapshot",'
+                       '"snapshot":[{"a":"1"},{"a":"2"}]}')
+    append_line(spool, '{"name":"q","columns":{"a":NaN},"action":"added"}')
+    (batch,) = accumulator.ready(0.0, draining=True).batches
+    records = sent_records(batch)
+    assert [r.count('"columns"') for r in records] == [1, 1]
+    assert [json.loads(r)["columns"] for r in records] == [{"a": "1"}, {"a": "2"}]
+    accumulator.completed(batch, [None] * len(batch.entries), 0.0)
+    assert counters.delivered == 2 and counters.dropped["not_json"] == 1

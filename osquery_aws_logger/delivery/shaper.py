@@ -128,7 +128,8 @@ class _BatchRows(LineRows):
         self._in_array = 0  # rows taken from the current array
         self._row = 0  # rows taken from the line (its events' index)
         # "log_type" first, then the legacy fields (a line's own log_type gives way to it).
-        shared = {k: v for k, v in batch.legacy.items() if k != "log_type"}
+        # A line's own "columns" gives way to each row's, as in the reference expansion.
+        shared = {k: v for k, v in batch.legacy.items() if k not in ("log_type", "columns")}
         self._head = RESULT_PREFIX + (_dump(shared)[1:-1] + b"," if shared else b"") + b'"columns":'
         self._tails = [b',"action":' + _dump(array.action) + b"}" for array in self._arrays]
         self.key = _key(host, rules)

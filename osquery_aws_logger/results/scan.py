@@ -97,6 +97,12 @@ class BatchLine:
         return sum(array.rows for array in self.arrays)
 
 
+def _not_json_constant(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, JSON has no such values (a record holding
+    one is not JSON to its consumers, and the byte walker refuses them too)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads(data: bytes | memoryview) -> Any:
     """One JSON value: orjson, or json for what orjson refuses but JSON allows (integers past
     64 bits, lone surrogate escapes). Too deep, or not JSON: Unshippable("not_json")."""
@@ -109,7 +115,7 @@ def loads(data: bytes | memoryview) -> Any:
     except UnicodeDecodeError as exc:
         raise Unshippable("invalid_utf8", f"byte {exc.start}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json_constant)
     except RecursionError:
         raise Unshippable("not_json", f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
