@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         results["cost"].append(cost)
         results["cost"].sort(key=lambda c: c["hosts"])
     results["wall_s"] = time.perf_counter() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(clean(results), indent=1) + "\n")
     log(f"wrote {args.out} ({results['wall_s']:.0f} s)")
     if not args.no_chart:
