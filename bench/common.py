@@ -21,6 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from osquery_aws_logger.spool.ledger import Ledger
 from tests.harness import RunningExtension, wait_for
 from tests.localaws import free_port, make_client
 from tests.osqueryd_standin import OsquerydStandIn
@@ -207,17 +208,30 @@ class Extension(RunningExtension):
         return memory(self.pid)
 
     def acked(self, service: str) -> int:
-        """The highest spool sequence number the extension has delivered (its `acked` file)."""
-        try:
-            return int((self.spool_dir / service / "acked").read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+        """The highest spool sequence number the extension has delivered."""
+        return acked_seq(self.spool_dir / service)
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc is not None else 0
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+def acked_seq(spool: Path) -> int:
+    """The highest sequence number a spool directory's ledger says was delivered (read as the
+    spool reads it at start); 0 when there is none yet."""
+    try:
+        fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return 0
+    try:
+        position = Ledger().read(fd)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return position[0] if position is not None else 0
 
 
 # -- drivers --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench.common import acked_seq
 from tests.harness import RunningExtension, wait_for
 from tests.localaws import FaultProxy, MotoServer
 
@@ -97,11 +98,7 @@ def _rows(ext: RunningExtension, count: int, row_bytes: int) -> list[str]:
 
 
 def _acked(work: Path, plugin: str) -> int:
-    path = work / "spool" / plugin.removeprefix("aws_") / "acked"
-    try:
-        return int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+    return acked_seq(work / "spool" / plugin.removeprefix("aws_"))
 
 
 def section_savings(args: argparse.Namespace, _drivers: Any) -> dict[str, Any]:
