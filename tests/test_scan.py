@@ -4,14 +4,19 @@ hostile lines refused whole, and a window of a line read as the whole line would
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from osquery_aws_logger.results.scan import (
+    PARSE_BATCH_BELOW,
+    BatchLine,
     Unshippable,
     count_rows,
+    read_batch,
     row_spans,
     scan_line,
     top_fields,
@@ -77,6 +82,63 @@ def test_what_json_allows_is_walked_as_json_reads_it() -> None:
                  b'{"name":"q","action":"snapshot","columns":{"snapshot":"1"}}'):
         assert count_rows(line) == 1 and scan_line(line) is None
     assert count_rows(b'{"diffResults":{"removed":[],"added":[]}}') == 0
+
+
+def _layout(read: Callable[[bytes | memoryview], BatchLine | None], line: bytes | memoryview) -> object:
+    """What a reading of a line answers, comparable across readings: a refusal's reason, None,
+    or the shared fields and each array's action and rows (parsed from the walk's spans)."""
+    try:
+        batch = read(line)
+    except Unshippable as exc:
+        return exc.reason
+    if batch is None:
+        return None
+    return batch.legacy, [(array.action, array.rows, array.values if array.values is not None
+                           else [json.loads(bytes(line[start:end]))
+                                 for start, end in row_spans(line, array.start, array.end)])
+                          for array in batch.arrays]
+
+
+_SHAPES = [
+    b'{"snapshot":[{"n":123456789012345678901234567890}],"action":"snapshot"}',
+    b'{"snapshot":[{"a":"\\ud800"}],"action":"snapshot","hostIdentifier":"h\\ud800"}',
+    b'{"snapshot":[1,"x",[2],{"b":{"c":null}},true],"action":"snapshot","name":"q"}',
+    b'{"snapshot":[{"a":1}]}', b'{"snapshot":{"a":1},"action":"snapshot"}',
+    b'{"snapshot":[],"action":"snapshot"}', b'{"diffResults":{}}', b'{"diffResults":[]}',
+    b'{"diffResults":{"added":"x"}}', b'{"diffResults":{"removed":[{"a":"1"}],"added":[]},'
+    b'"snapshot":[{"b":1}],"action":"snapshot"}', b'["snapshot"]', b'"snapshot"',
+    b'{"name":"q","action":"snapshot","columns":{"snapshot":"1"}}',
+    b'{"snapshot":[{"a":NaN}],"action":"snapshot"}', b'{"snapshot":[{"a":1}],"action":"snapshot"}x',
+    b'{"snapshot":[{"a":"\xff"}],"action":"snapshot"}', b' {"diffResults" : {"added" : [ {} ] } } ',
+    b'{"snapshot":[' + b"[" * 1100 + b"]" * 1100 + b'],"action":"snapshot"}',
+    b'{"snapshot":[' + b"[" * 1000 + b"]" * 1000 + b'],"action":"snapshot"}',
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(run=runs(), data=st.data())
+def test_a_small_line_parsed_whole_reads_as_the_walk_reads_it(run: QueryRun,
+                                                             data: st.DataObject) -> None:
+    # Both sides read a small batch line with orjson and a big one (or one orjson refuses) by
+    # the walk: the two readings agree on every line, whole, truncated or hostile.
+    line = batch_line(run).encode()
+    cut = data.draw(st.integers(1, len(line)))
+    for candidate in (line, line[:cut], *_SHAPES):
+        assert len(candidate) < PARSE_BATCH_BELOW
+        assert _layout(read_batch, candidate) == _layout(scan_line, candidate), candidate[:200]
+        assert _layout(read_batch, memoryview(candidate)) == _layout(scan_line, candidate)
+    batch = read_batch(line)
+    parsed = re.search(rb"[0-9]{19}", line) is None  # else a number may be past 64 bits: walked
+    assert batch is not None and all((array.values is not None) == parsed for array in batch.arrays)
+
+
+def test_a_line_past_the_parse_limit_is_walked() -> None:
+    rows = [{"i": str(i), "pad": "p" * 200} for i in range(PARSE_BATCH_BELOW // 200)]
+    line = batch_line(QueryRun(name="pack_big", snapshot=rows)).encode()
+    batch = read_batch(line)
+    assert len(line) >= PARSE_BATCH_BELOW and batch is not None and batch.rows == len(rows)
+    assert all(array.values is None for array in batch.arrays)
+    assert _layout(read_batch, line) == _layout(scan_line, line)
 
 
 def test_rows_of_any_shape_are_skipped_without_recursion() -> None:

@@ -4,9 +4,9 @@ Pure apart from reading a big line's bytes again from the spool (`ReadSpan`). A 
 `LineRows`: its partition key, its destination stream and the rows still to take. An event
 line, a status record or a batch line shipped whole is one record; with
 ``aws_logger_results_as_events`` a batch-format line gives one record per row, exactly the
-event line osqueryd would have written (see ``_scan`` for how the line is walked without being
-parsed, and ``_expand`` for the format), and its rows are made only as they are taken, so a
-20 MB snapshot never becomes 250,000 objects in memory at once.
+event line osqueryd would have written (see ``results.scan`` for how a big line is walked
+without being parsed, and ``results.expand`` for the format), and its rows are made only as they
+are taken, so a 20 MB snapshot never becomes 250,000 objects in memory at once.
 
 Nothing a line holds can cost another line: every failure while shaping or taking rows is
 contained to that line, whose rows still to take are counted as dropped under a reason
@@ -17,8 +17,9 @@ its query name, never its content.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,11 +29,11 @@ from ..results.records import RESULT_PREFIX, partition_key, record_id, result_re
 from ..results.scan import (
     PARSE_WHOLE_BELOW,
     BatchLine,
+    RowArray,
     Unshippable,
     loads,
-    might_be_batch,
+    read_batch,
     row_spans,
-    scan_line,
     top_fields,
 )
 from ..spool.record import KIND_STATUS, SpooledRecord
@@ -142,24 +143,28 @@ class _BatchRows(LineRows):
         while self.left and max_rows > 0 and taken_bytes < max_bytes \
                 and self._index < len(self._arrays):
             array = self._arrays[self._index]
-            try:
-                window, base, final, fresh = self._window(array, max_bytes)
-            except OSError:  # out of descriptors or memory for now: the rest goes later
-                return
-            if window is None:
-                raise Unshippable("corrupt", f"query {self.name or '?'}: its segment could "
-                                  f"not be read again")
+            rows: Iterator[bytes]
+            if array.values is not None:  # a small line, parsed: its rows are values
+                rows = map(_dump, itertools.islice(array.values, self._in_array, None))
+                final = fresh = True
+            else:
+                try:
+                    window, base, final, fresh = self._window(array, max_bytes)
+                except OSError:  # out of descriptors or memory for now: the rest goes later
+                    return
+                if window is None:
+                    raise Unshippable("corrupt", f"query {self.name or '?'}: its segment could "
+                                      f"not be read again")
+                rows = self._spans(window, base, array, final)
             progress = False
-            for start, end in row_spans(window, self._pos - base, array.end - base,
-                                        after_row=self._in_array > 0, final=final):
+            for row in rows:
                 progress = True
-                self._pos = base + end
                 self._in_array += 1
                 self.left -= 1
                 self.made += 1
                 index, self._row = self._row, self._row + 1
                 key = _key(self._host, rules) if rules.random_key else self.key
-                record = self._head + window[start:end] + self._tails[self._index]
+                record = self._head + row + self._tails[self._index]
                 if rules.record_ids:
                     record = with_fields(record, {"log_id": record_id(
                         self._legacy, self.seq, self._host, index)})
@@ -190,6 +195,13 @@ class _BatchRows(LineRows):
             # Fewer rows than counted when it was spooled: say so, count the rest.
             drop("malformed", self.left, f"query {self.name or '?'}: fewer rows than counted")
             self.left = 0
+
+    def _spans(self, window: bytes, base: int, array: RowArray, final: bool) -> Iterator[bytes]:
+        """The rows of `array` in `window` from the read position on, which follows them."""
+        for start, end in row_spans(window, self._pos - base, array.end - base,
+                                    after_row=self._in_array > 0, final=final):
+            self._pos = base + end
+            yield window[start:end]
 
     def _window(self, array: Any, max_bytes: int) -> tuple[bytes | None, int, bool, bool]:
         """The bytes rows are read from, the line offset of their first byte, whether they
@@ -262,8 +274,8 @@ def shape(record: SpooledRecord, rules: Rules, read_span: ReadSpan, drop: Drop) 
             if rules.record_ids:
                 body = with_fields(body, {"log_id": record_id(fields, record.seq, host)})
             return _whole(record, body, host, rules, stream=rules.route(True, ""), name="status")
-        if rules.results_as_events and might_be_batch(record.data):
-            batch = scan_line(record.data)
+        if rules.results_as_events:
+            batch = read_batch(record.data)
             if batch is not None:
                 host = _host(batch.legacy, rules)
                 stream = rules.route(False, str(batch.legacy.get("name") or ""))

@@ -11,8 +11,10 @@ whole line as JSON (RFC 8259, as strict as orjson except that lone surrogate esc
 numbers pass, as they do for ``json``), so a line either yields all its rows or none.
 
 The thrift side counts a line's rows with `count_rows` before spooling it (so caps and drops
-count rows even for lines the flusher never read); the flusher walks it again with `scan_line`
-and takes its rows with `row_spans`. Both use the same rules, so they agree on every line.
+count rows even for lines the flusher never read); the flusher reads it again with `read_batch`
+and takes its rows with `row_spans`. Both read a line the same way (a small line parsed by
+orjson, as an event line is; a big one, or one orjson refuses, walked), so they agree on every
+line.
 
 Pure: no I/O, no recursion (nesting depth is counted, not recursed into).
 """
@@ -23,8 +25,7 @@ import codecs
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -33,6 +34,11 @@ MAX_DEPTH: Final = 1024
 #: Lines up to this size are parsed whole by orjson (fast, and the memory is small); bigger
 #: ones are walked here and only their small fields parsed.
 PARSE_WHOLE_BELOW: Final = 1 << 20
+#: The same for batch lines, whose parsed rows are held until they are all taken: a quarter
+#: MiB parses to about a MiB of objects, less than the raw bytes a bigger line holds
+#: (`delivery.shaper.HOLD_BELOW`). The usual query run (tens of rows) is far below it, and
+#: parsing costs a few µs where walking costs tens.
+PARSE_BATCH_BELOW: Final = 256 << 10
 #: Bytes of a non-ASCII line checked as UTF-8 at a time (never a copy of the whole line).
 _UTF8_CHUNK: Final = 1 << 20
 
@@ -51,6 +57,12 @@ _KEY = re.compile(rb"(" + _STRING + rb")" + _WS + rb":" + _WS)
 #: The keys that make a batch line, as keys (followed by a colon): an event line's
 #: ``"action":"snapshot"`` is a value, and is not mistaken for one.
 _BATCH_KEY = re.compile(rb'"(?:diffResults|snapshot)"' + _WS + rb":")
+
+#: 19 digits in a row may be an integer past 64 bits, which orjson reads as a float (losing
+#: digits) where a row's bytes keep it: such a line is walked (a long digit string too). Found
+#: by mapping every digit to "9" and the rest to " " (a pattern costs ten times more).
+_DIGITS_AS_NINES: Final = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGITS: Final = b"9" * 19
 
 _QUOTE, _LBRACE, _RBRACE, _LBRACKET, _RBRACKET, _COMMA = b'"{}[],'
 
@@ -75,18 +87,19 @@ class _Invalid(Exception):
         super().__init__(what)
 
 
-@dataclass(frozen=True, slots=True)
-class RowArray:
-    """One array of rows in a batch line: its action and the bytes between its brackets."""
+class RowArray(NamedTuple):
+    """One array of rows in a batch line: its action and the bytes between its brackets, or
+    the rows themselves when the line was parsed whole (`read_batch`). A tuple: one or two
+    are made for every batch line, on the thrift side too."""
 
     action: str
-    start: int  # the first byte after "["
-    end: int  # the "]"
+    start: int  # the first byte after "[" (0 when parsed)
+    end: int  # the "]" (0 when parsed)
     rows: int
+    values: list[Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLine:
+class BatchLine(NamedTuple):
     """A batch-format line: the fields every row's event repeats, and where its rows are."""
 
     legacy: dict[str, Any]
@@ -299,8 +312,10 @@ def scan_line(line: bytes | memoryview) -> BatchLine | None:
     """The batch-format layout of a result line, or None when it is not in batch format (an
     event line, or anything else: sent as it is). A batch line that is not valid JSON or UTF-8
     raises Unshippable, so such a line is one bad row, never a few good rows and a bad rest."""
-    if not might_be_batch(line):
-        return None
+    return _walked(line) if might_be_batch(line) else None
+
+
+def _walked(line: bytes | memoryview) -> BatchLine | None:
     check_utf8(line)
     try:
         return _scan(line)
@@ -412,15 +427,59 @@ def top_fields(line: bytes | memoryview, names: frozenset[str]) -> dict[str, Any
     return fields
 
 
+def read_batch(line: bytes | memoryview) -> BatchLine | None:
+    """`scan_line`'s answer, from orjson for a line under PARSE_BATCH_BELOW (its arrays carry
+    their rows as values): what both sides use, so the thrift side's count and the flusher's
+    rows come from the same reading of each line. What orjson refuses (lone surrogate escapes
+    and everything that is not JSON) or could read as a float (19 digits or more) is walked,
+    which refuses or reads it as JSON's rules say; what orjson reads, the walk reads the same
+    (tests/test_scan.py)."""
+    if not might_be_batch(line):
+        return None
+    if len(line) < PARSE_BATCH_BELOW and \
+            _LONG_DIGITS not in (line if isinstance(line, bytes) else bytes(line)).translate(
+                _DIGITS_AS_NINES):
+        try:
+            return _parsed_batch(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            pass
+    return _walked(line)
+
+
+def _parsed_batch(line: Any) -> BatchLine | None:
+    """`_scan`'s rules, on a parsed line."""
+    if not isinstance(line, dict):
+        return None
+    arrays: tuple[RowArray, ...]
+    if "diffResults" in line:
+        diff = line["diffResults"]
+        if not isinstance(diff, dict):
+            return None
+        found = []
+        for action, rows in diff.items():
+            if not isinstance(rows, list):
+                return None
+            found.append(RowArray(action, 0, 0, len(rows), rows))
+        arrays = tuple(found)
+    elif isinstance(snapshot := line.get("snapshot"), list) and line.get("action") == "snapshot":
+        arrays = (RowArray("snapshot", 0, 0, len(snapshot), snapshot),)
+    else:
+        return None
+    for key in ROW_KEYS:  # what is left is the fields every row repeats (the line is ours)
+        line.pop(key, None)
+    return BatchLine(line, arrays)
+
+
 def count_rows(line: bytes | memoryview) -> int:
     """The rows a result line holds: a valid batch line's rows (0 for an empty run), else 1
     (an event line, or a line that is refused: one row dropped)."""
     try:
-        batch = scan_line(line)
+        batch = read_batch(line)
     except Unshippable:
         return 1
     return 1 if batch is None else batch.rows
 
 
-__all__ = ["MAX_DEPTH", "ROW_KEYS", "BatchLine", "RowArray", "Unshippable", "count_rows",
-           "loads", "might_be_batch", "row_spans", "scan_line", "skip_value", "top_fields"]
+__all__ = ["MAX_DEPTH", "PARSE_BATCH_BELOW", "ROW_KEYS", "BatchLine", "RowArray", "Unshippable",
+           "count_rows", "loads", "might_be_batch", "read_batch", "row_spans", "scan_line",
+           "skip_value", "top_fields"]
