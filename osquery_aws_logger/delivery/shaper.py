@@ -16,7 +16,6 @@ its query name, never its content.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -120,7 +119,7 @@ class _BatchRows(LineRows):
         self._read_span = read_span
         held = len(record.data) < HOLD_BELOW
         # A big line's bytes are let go of: each call's worth is read again from its segment.
-        self._record = record if held else dataclasses.replace(record, data=b"")
+        self._record = record if held else record._replace(data=b"")
         self._held = held
         self._index = 0
         self._window_bytes = 1 << 20
