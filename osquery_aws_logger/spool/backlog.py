@@ -101,6 +101,10 @@ class Backlog:
         self.acked_row = self._segments.row_at(through_seq + 1)
         self.acked = through_seq
         self._segments.forget_through(through_seq)
+        if self._cursor.seq <= through_seq:
+            # Acknowledged after a rewind went below it: never handed out again, and the
+            # segments it was in, now deleted, are not taken for damage by the next read.
+            self._cursor.rewind(through_seq)
 
     def write_ledger(self, dir_fd: int) -> None:
         position = (self.acked, self.acked_row)

@@ -158,6 +158,9 @@ class MemorySpool:
         return None
 
     def ack(self, through_seq: int) -> None:
+        # As the disk spool's cursor: what is acknowledged is never handed out again, even
+        # after a rewind that went below it.
+        self._read_seq = max(self._read_seq, min(through_seq + 1, self._state.next_seq))
         self._forget_below(through_seq + 1)
 
     def rewind(self) -> int:
