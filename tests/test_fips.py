@@ -87,10 +87,12 @@ def test_fips_refuses_a_region_without_a_fips_endpoint_and_a_custom_endpoint_sen
             for line in result_lines(ext.standin, 4):
                 ext.log("kinesis", line)
                 ext.log("firehose", line)
-            wait_for(lambda: "firehose has no FIPS endpoint in eu-west-1" in ext.stderr(), 30,
-                     "the refusal")
+            # Each destination meets the refusal at its own first flush (jittered over a
+            # period), and the table shows what the flusher last published: wait for both.
+            wait_for(lambda: all(f"{service} has no FIPS endpoint in eu-west-1" in ext.stderr()
+                                 for service in ("kinesis", "firehose")), 30, "both refusals")
+            wait_for(lambda: table(ext)["kinesis"]["state"] == "failing", 10, "kinesis failing")
             rows = table(ext)
-            assert rows["kinesis"]["state"] == "failing"
             assert "kinesis has no FIPS endpoint in eu-west-1" in rows["kinesis"]["last_error"]
             assert rows["kinesis"]["endpoint"] == ""  # none may be used
             assert all(int(row["spool_records"]) == 4 for row in rows.values())
