@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,16 @@ class Aws:
             "aws_region": "us-east-1",
             **extra,
         }
+
+    def sts_secrets(self) -> list[str]:
+        """The secret keys and session tokens STS (moto) handed out, read from its answers."""
+        found = []
+        for call in self.proxy.calls:
+            if call.operation == "AssumeRole" and call.answer:
+                text = call.answer.decode()
+                found += re.findall(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
+                found += re.findall(r"<SessionToken>([^<]+)</SessionToken>", text)
+        return found
 
     def kinesis_records(self) -> list[tuple[bytes, str]]:
         return self.moto.read_stream(self.stream)

@@ -24,17 +24,6 @@ def table(ext: RunningExtension) -> list[dict[str, str]]:
     return list(answer.response)
 
 
-def sts_secrets(aws: Aws) -> list[str]:
-    """The secret keys and session tokens STS (moto) handed out, from its answers."""
-    found = []
-    for call in aws.proxy.calls:
-        if call.operation == "AssumeRole" and call.answer:
-            text = call.answer.decode()
-            found += re.findall(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
-            found += re.findall(r"<SessionToken>([^<]+)</SessionToken>", text)
-    return found
-
-
 def test_sdk_debug_lines_appear_without_a_secret_anywhere_and_turn_off_at_run_time(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     metrics = tmp_path / "metrics" / "aws_logger.prom"
@@ -78,7 +67,7 @@ def test_sdk_debug_lines_appear_without_a_secret_anywhere_and_turn_off_at_run_ti
 
     secrets = [SECRET_KEY, SESSION_TOKEN, PROXY_PASSWORD,
                base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode(),
-               *sts_secrets(aws)]
+               *aws.sts_secrets()]
     assert len(secrets) >= 6, "STS answered at least once with a key and a token"
     written = {"stderr": ext.stderr(), "table": json.dumps(rows), "metrics": metrics.read_text()}
     for path in ext.spool_dir.rglob("state.json"):

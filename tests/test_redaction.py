@@ -94,21 +94,10 @@ def test_an_endpoint_echoing_the_secrets_leaks_them_nowhere(
     assert_nowhere(secrets, texts)
 
 
-def sts_answers(aws: Aws) -> list[str]:
-    """The secret keys and session tokens STS handed out, read from the answers it gave."""
-    found = []
-    for call in aws.proxy.calls:
-        if call.operation == "AssumeRole" and call.answer:
-            text = call.answer.decode()
-            found += re.findall(r"<SecretAccessKey>([^<]+)</SecretAccessKey>", text)
-            found += re.findall(r"<SessionToken>([^<]+)</SessionToken>", text)
-    return found
-
-
 def test_assumed_role_secrets_are_redacted_too(
         tmp_path: Path, extension_factory: Factory, aws: Aws) -> None:
     options = aws.options(aws_sts_arn_role=ROLE_ARN, aws_sts_endpoint=aws.proxy.url)
-    aws.proxy.echo(1000, target="PutRecords", extra=lambda: " ".join(sts_answers(aws)))
+    aws.proxy.echo(1000, target="PutRecords", extra=lambda: " ".join(aws.sts_secrets()))
     with extension_factory(tmp_path, options=options, verbose=True) as ext:
         ext.log("kinesis", result_lines(ext.standin, 1)[0])
         state = ext.spool_dir / "kinesis" / "state.json"
@@ -116,7 +105,7 @@ def test_assumed_role_secrets_are_redacted_too(
                  "the echoed error in state.json")
         table = json.dumps(rows(ext))
         assert ext.terminate() == 0
-    issued = sts_answers(aws)
+    issued = aws.sts_secrets()
     assert len(issued) >= 2 and all(len(s) >= 16 for s in issued)
     assert_nowhere(issued, {"stderr": ext.stderr(), "table": table,
                             "state.json": state.read_text()})
