@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -11,14 +12,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.osqueryd_standin import OsquerydStandIn
 
 #: The console script installed beside the interpreter running the tests.
 EXTENSION_COMMAND = Path(sys.executable).parent / "osquery-aws-logger"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("2m") at `mount` (made here), unmounted afterwards whatever happened;
+    the test is skipped where one cannot be mounted (not root)."""
+    mount.mkdir(mode=0o755)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(mount)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from osquery_aws_logger.ops.status import StatusReport
 from osquery_aws_logger.settings import Settings
 from osquery_aws_logger.spool.spool import KIND_RESULT, Spool
 from tests.conftest import Aws
-from tests.harness import RunningExtension, result_lines, wait_for
+from tests.harness import RunningExtension, result_lines, tmpfs, wait_for
 from tests.osqueryd_standin import FatalLoggerAnswer
 from tests.query_log import QueryRun, batch_line, event_lines
 from tests.test_hardening import connect, ping_bytes, read_reply
@@ -166,21 +166,6 @@ def kinesis_rows(records: list[tuple[bytes, str]]) -> list[tuple[bytes, str]]:
                            "approximateArrivalTimestamp": 0}} for data, key in records]
     return [(base64.b64decode(r["kinesis"]["data"]), r["kinesis"]["partitionKey"])
             for r in deaggregate_records(events)]
-
-
-@contextlib.contextmanager
-def tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` at `mount`, unmounted afterwards whatever happened."""
-    mount.mkdir(mode=0o755)
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(mount)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # -- 1. poison lines ---------------------------------------------------------------------------

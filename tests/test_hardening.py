@@ -24,7 +24,7 @@ from thrift.transport import TTransport
 
 from osquery_aws_logger.spool.spool import SEGMENT_SUFFIX
 from tests.conftest import Aws
-from tests.harness import EXTENSION_COMMAND, RunningExtension, result_lines, wait_for
+from tests.harness import EXTENSION_COMMAND, RunningExtension, result_lines, tmpfs, wait_for
 from tests.localaws import free_port
 
 Factory = type[RunningExtension]
@@ -262,17 +262,8 @@ def test_damaged_segments_cost_only_the_records_they_touch_and_are_counted_and_l
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir(mode=0o755)
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(mount: Path) -> Path:

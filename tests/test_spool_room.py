@@ -6,7 +6,6 @@ Real filesystems: each test mounts a small tmpfs (as root) and unmounts it after
 from __future__ import annotations
 
 import os
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,28 +14,21 @@ import pytest
 
 from osquery_aws_logger.spool.ledger import LEDGER_FILE, Ledger
 from osquery_aws_logger.spool.spool import KIND_RESULT, Spool, SpoolGroup
+from tests.harness import tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted after the test."""
-    yield from _mounted(tmp_path / "fs", "2m")
+    with tmpfs(tmp_path / "fs", "2m") as mount:
+        yield mount
 
 
 @pytest.fixture
 def shared_fs(tmp_path: Path) -> Iterator[Path]:
     """A 12 MiB tmpfs for two spools (less than their byte caps), unmounted after the test."""
-    yield from _mounted(tmp_path / "fs", "12m")
-
-
-def _mounted(point: Path, size: str) -> Iterator[Path]:
-    point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
-                   check=True)
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=True)
+    with tmpfs(tmp_path / "fs", "12m") as mount:
+        yield mount
 
 
 def _spool(path: Path, drops: Counter[str], **kw: object) -> Spool:
