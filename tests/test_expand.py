@@ -118,3 +118,13 @@ def test_a_big_line_read_again_in_windows_gives_the_same_records_reading_it_abou
     windowed = shaped_events(line, reads=reads)
     assert windowed == held and len(held) == 6000
     assert sum(reads) <= 3 * len(line), "each call's worth is a slice of a window read once"
+
+
+def test_a_row_nested_deeper_than_orjson_writes_ships_as_the_bytes_it_came_in() -> None:
+    # A small line is parsed and its rows written back with orjson.dumps, which stops at 255
+    # levels (json's fallback at the recursion limit): such a line is walked instead.
+    deep = b"[" * 1000 + b"]" * 1000
+    line = b'{"snapshot":[{"a":"x"},' + deep + b'],"action":"snapshot","name":"q"}'
+    events = shaped_events(line)
+    assert len(events) == 2 and deep in events[1]
+    assert count_rows(line) == 2

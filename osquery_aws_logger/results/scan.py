@@ -60,9 +60,14 @@ _BATCH_KEY = re.compile(rb'"(?:diffResults|snapshot)"' + _WS + rb":")
 
 #: 19 digits in a row may be an integer past 64 bits, which orjson reads as a float (losing
 #: digits) where a row's bytes keep it: such a line is walked (a long digit string too). Found
-#: by mapping every digit to "9" and the rest to " " (a pattern costs ten times more).
-_DIGITS_AS_NINES: Final = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+#: in a copy of the line with every digit made "9", every opening bracket "{" (counted for
+#: `_PARSED_NESTING`) and the rest " " (a pattern costs ten times more).
+_MARKS: Final = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x7B if byte in b"{[" else 0x20
+                      for byte in range(256))
 _LONG_DIGITS: Final = b"9" * 19
+
+#: Brackets a parsed batch line may hold beyond one per row (orjson.dumps writes 254 levels).
+_PARSED_NESTING: Final = 200
 
 _QUOTE, _LBRACE, _RBRACE, _LBRACKET, _RBRACKET, _COMMA = b'"{}[],'
 
@@ -433,16 +438,25 @@ def read_batch(line: bytes | memoryview) -> BatchLine | None:
     rows come from the same reading of each line. What orjson refuses (lone surrogate escapes
     and everything that is not JSON) or could read as a float (19 digits or more) is walked,
     which refuses or reads it as JSON's rules say; what orjson reads, the walk reads the same
-    (tests/test_scan.py)."""
+    (tests/test_scan.py), but for a key repeated in one object, which JSON leaves open: parsed,
+    the last value in the first key's place (as json reads it); walked, the last in the last."""
     if not might_be_batch(line):
         return None
-    if len(line) < PARSE_BATCH_BELOW and \
-            _LONG_DIGITS not in (line if isinstance(line, bytes) else bytes(line)).translate(
-                _DIGITS_AS_NINES):
-        try:
-            return _parsed_batch(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            pass
+    if len(line) < PARSE_BATCH_BELOW:
+        raw = line if isinstance(line, bytes) else bytes(line)
+        marks = raw.translate(_MARKS)
+        if _LONG_DIGITS not in marks:
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                batch = _parsed_batch(parsed)
+                # A row is written back with orjson.dumps, which refuses 255 levels of nesting:
+                # a line with enough brackets beyond one per row to nest a row that deep is
+                # walked, and its rows go out as the bytes they came in.
+                if batch is None or marks.count(b"{") - batch.rows < _PARSED_NESTING:
+                    return batch
     return _walked(line)
 
 
