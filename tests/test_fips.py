@@ -45,6 +45,8 @@ def test_with_fips_enforced_every_call_goes_to_a_fips_host_through_the_proxy(
             wanted = {"kinesis-fips.us-east-1.amazonaws.com:443",
                       "firehose-fips.us-east-1.amazonaws.com:443"}
             wait_for(lambda: wanted <= set(proxy.connect_targets()), 30, "both FIPS hosts")
+            # The proxy logs the CONNECT before the put fails and the flusher publishes it.
+            wait_for(lambda: table(ext)["kinesis"]["state"] == "retrying", 10, "kinesis retrying")
             rows = table(ext)
             assert rows["kinesis"]["endpoint"] == "https://kinesis-fips.us-east-1.amazonaws.com"
             assert rows["firehose"]["endpoint"] == "https://firehose-fips.us-east-1.amazonaws.com"
